@@ -1,0 +1,63 @@
+"""fp16cont: continue training float32 Keras models in 16-bit.
+
+Example:
+    >>> import fp16cont
+    >>> q = fp16cont.quantize_weights(model, precision="auto")  # doctest: +SKIP
+    >>> model16 = fp16cont.build_fp16_model(model, q)  # doctest: +SKIP
+    >>> result = fp16cont.continue_training(model16, x, y, epochs=5)  # doctest: +SKIP
+"""
+
+from fp16cont.errors import (
+    AlreadyLowPrecisionError,
+    DataError,
+    Fp16ContError,
+    InvalidArgumentError,
+    InvalidSourceError,
+    MissingLossError,
+    ModelNotBuiltError,
+    NonFiniteOutputError,
+    NonFiniteWeightsError,
+    PerformanceWarning,
+    RebuildError,
+    WeightMismatchError,
+    WeightOverflowError,
+)
+from fp16cont.hardware import Device, PrecisionChoice, detect_device, select_precision
+from fp16cont.policies import DEFAULT_ISLANDS
+from fp16cont.quantize import QuantizedWeights, quantize_weights
+from fp16cont.rebuild import build_fp16_model
+from fp16cont.reports import BuildReport, QuantizationReport, TrainingResult, VariableAudit, Verification
+from fp16cont.train import continue_training
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "quantize_weights",
+    "build_fp16_model",
+    "continue_training",
+    "select_precision",
+    "detect_device",
+    "Device",
+    "PrecisionChoice",
+    "DEFAULT_ISLANDS",
+    "QuantizedWeights",
+    "QuantizationReport",
+    "VariableAudit",
+    "BuildReport",
+    "Verification",
+    "TrainingResult",
+    "Fp16ContError",
+    "InvalidArgumentError",
+    "InvalidSourceError",
+    "WeightMismatchError",
+    "WeightOverflowError",
+    "NonFiniteWeightsError",
+    "NonFiniteOutputError",
+    "AlreadyLowPrecisionError",
+    "ModelNotBuiltError",
+    "RebuildError",
+    "MissingLossError",
+    "DataError",
+    "PerformanceWarning",
+    "__version__",
+]

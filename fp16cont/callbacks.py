@@ -1,0 +1,45 @@
+"""Keras callbacks used by :func:`fp16cont.continue_training`.
+
+Example:
+    >>> timer = EpochTimer()
+    >>> timer.epoch_seconds
+    []
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import keras
+
+__all__ = ["EpochTimer"]
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Records the wall time and the number of training steps of each epoch.
+
+    Attributes:
+        epoch_seconds: Seconds per finished epoch (validation included).
+        epoch_steps: Training batches per finished epoch.
+        first_batch_size: Rows of the first training batch, when the batch is
+            visible to callbacks (``None`` otherwise).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epoch_seconds: list[float] = []
+        self.epoch_steps: list[int] = []
+        self._start = 0.0
+        self._steps = 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._start = time.perf_counter()
+        self._steps = 0
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self._steps = batch + 1
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.epoch_seconds.append(time.perf_counter() - self._start)
+        self.epoch_steps.append(self._steps)

@@ -1,0 +1,240 @@
+"""Rebuild a float32 model in 16-bit and load its (quantized) weights.
+
+Example:
+    >>> import keras, fp16cont
+    >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dense(2)])
+    >>> m16 = fp16cont.build_fp16_model(m, precision="bfloat16")
+    >>> m16.layers[0].kernel.dtype, m16.layers[1].kernel.dtype
+    ('bfloat16', 'float32')
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+from fp16cont.architecture import check_built, clone_with_policies, iter_layers
+from fp16cont.errors import (
+    AlreadyLowPrecisionError,
+    InvalidArgumentError,
+    InvalidSourceError,
+    WeightMismatchError,
+)
+from fp16cont.hardware import select_precision
+from fp16cont.numerics import is_low_float
+from fp16cont.policies import DEFAULT_ISLANDS, Island, Mode, policy_plan
+from fp16cont.quantize import QuantizedWeights, quantize_weights
+from fp16cont.reports import BuildReport
+from fp16cont.sources import load_model, variable_arrays
+from fp16cont.verify import compare_models
+
+__all__ = ["build_fp16_model", "weight_bytes", "float_precision"]
+
+_MODES = ("pure", "mixed")
+
+
+def build_fp16_model(
+    model: keras.Model | str | os.PathLike[str],
+    weights: QuantizedWeights | None = None,
+    *,
+    precision: str = "auto",
+    mode: Mode = "pure",
+    keep_float32: Sequence[Island] | None = DEFAULT_ISLANDS,
+    verify: bool = True,
+) -> keras.Model:
+    """Rebuild a float32 model with 16-bit variables and compute.
+
+    The architecture is rebuilt from its config with a dtype policy per layer
+    (``keras.config`` globals are never touched) and the weights are loaded:
+    16-bit variables get ``weights`` (computed with :func:`quantize_weights`
+    when ``None``), float32 islands get the source's exact float32 values.
+    A compiled source passes its loss, metrics and optimizer settings on.
+    The source model is never modified.
+
+    Args:
+        model: The float32 source: a built ``keras.Model`` or a ``.keras`` /
+            ``.h5`` path.
+        weights: The result of :func:`quantize_weights` for this model.
+        precision: ``"auto"``, ``"float16"`` or ``"bfloat16"``; with ``weights``,
+            ``"auto"`` means the weights' precision.
+        mode: ``"pure"`` — variables and compute in 16-bit; ``"mixed"`` — float32
+            variables and 16-bit compute (Keras mixed precision), for comparison.
+        keep_float32: Float32 islands: ``"normalization"`` (float32 statistics),
+            ``"output"`` (output layers in float32, so the loss is float32),
+            layer classes and layer-name glob patterns. ``None`` for none.
+        verify: Run one probe batch through both models and record the largest
+            output difference and the argmax agreement in the report.
+
+    Returns:
+        The new model. Its :class:`~fp16cont.reports.BuildReport` is
+        ``model16.fp16cont_report``.
+
+    Raises:
+        InvalidArgumentError: For a bad ``precision``, ``mode`` or ``keep_float32``.
+        InvalidSourceError: If ``model`` is not a model or model file.
+        ModelNotBuiltError: If the model has no weights yet.
+        AlreadyLowPrecisionError: If the model already has 16-bit variables.
+        RebuildError: If the architecture cannot be rebuilt from its config.
+        WeightMismatchError: If ``weights`` do not fit the model.
+        NonFiniteOutputError: If ``verify`` finds NaN/Inf in the 16-bit outputs.
+
+    Example:
+        >>> q = fp16cont.quantize_weights(m, "bfloat16")
+        >>> m16 = fp16cont.build_fp16_model(m, q)
+        >>> m16.fp16cont_report.precision
+        'bfloat16'
+    """
+    source = _as_model(model)
+    if mode not in _MODES:
+        raise InvalidArgumentError(
+            f"Argument `mode` should be 'pure' or 'mixed'. Received: mode={mode!r}. "
+            "Fix: mode='pure' keeps variables in 16-bit (half the memory); mode='mixed' is "
+            "Keras mixed precision."
+        )
+    _check_float32(source)
+    if weights is not None:
+        _check_weights(source, weights, precision)
+        precision = weights.precision
+    choice = select_precision(precision)
+    if weights is None and mode == "pure":
+        weights = quantize_weights(source, choice.precision)
+    float32_paths = weights.report.float32_paths if weights is not None else ()
+    plan = policy_plan(source, choice.precision, mode, keep_float32, float32_paths)
+    rebuilt = clone_with_policies(source, plan)
+    _load_weights(rebuilt, source, weights if mode == "pure" else None)
+    _compile_like(rebuilt, source)
+    report = BuildReport(
+        precision=choice.precision,
+        mode=mode,
+        layer_policies=_layer_policies(rebuilt),
+        float32_variables=tuple(
+            v.path for v in rebuilt.weights if "float" in str(v.dtype) and not is_low_float(v.dtype)
+        ),
+        weight_bytes=weight_bytes(rebuilt.weights),
+        quantization=weights.report if mode == "pure" and weights is not None else None,
+        verification=compare_models(source, rebuilt) if verify else None,
+    )
+    rebuilt.fp16cont_report = report
+    return rebuilt
+
+
+def weight_bytes(variables: Sequence[Any]) -> int:
+    """Total bytes of a list of Keras variables.
+
+    Args:
+        variables: Keras variables (``model.weights``, ``optimizer.variables``).
+
+    Returns:
+        The sum of ``size * itemsize``.
+
+    Example:
+        >>> v = keras.Variable(np.zeros((2, 3), "float32"))
+        >>> weight_bytes([v])
+        24
+    """
+    return sum(int(np.prod(v.shape)) * np.dtype(_np_name(v.dtype)).itemsize for v in variables)
+
+
+def float_precision(model: keras.Model) -> str:
+    """The floating-point format of most of a model's trainable parameters.
+
+    Args:
+        model: A built model.
+
+    Returns:
+        ``"float16"``, ``"bfloat16"`` or ``"float32"`` (the dtype holding the
+        most trainable values).
+    """
+    counts: dict[str, int] = {}
+    for v in model.trainable_weights:
+        counts[str(v.dtype)] = counts.get(str(v.dtype), 0) + int(np.prod(v.shape))
+    floats = {k: c for k, c in counts.items() if "float" in k}
+    return max(floats, key=lambda k: floats[k]) if floats else "float32"
+
+
+def _layer_policies(model: keras.Model) -> tuple[tuple[str, str], ...]:
+    return tuple(
+        (layer.path or layer.name, layer.dtype_policy.name)
+        for layer in iter_layers(model)
+        if not isinstance(layer, keras.layers.InputLayer)
+    )
+
+
+def _np_name(dtype: Any) -> Any:
+    name = str(getattr(dtype, "name", dtype))
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    return name
+
+
+def _as_model(model: Any) -> keras.Model:
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model)
+    if not isinstance(model, keras.Model):
+        raise InvalidSourceError(
+            f"Argument `model` should be a keras.Model or a path to a .keras/.h5 file. "
+            f"Received: model of type {type(model).__name__}. Fix: pass the float32 model."
+        )
+    check_built(model)
+    return model
+
+
+def _check_float32(model: keras.Model) -> None:
+    low = [f"{v.path} ({v.dtype})" for v in model.weights if is_low_float(v.dtype)]
+    if low:
+        raise AlreadyLowPrecisionError(
+            f"Model {model.name!r} already has {len(low)} 16-bit variable(s), e.g. "
+            f"{', '.join(low[:3])}. Fix: pass the float32 model to build_fp16_model, or train "
+            "this model directly with continue_training()."
+        )
+
+
+def _check_weights(model: keras.Model, weights: Any, precision: str) -> None:
+    if not isinstance(weights, QuantizedWeights):
+        raise WeightMismatchError(
+            f"Argument `weights` should be the result of quantize_weights(). Received: "
+            f"{type(weights).__name__}. Fix: build_fp16_model(model, quantize_weights(model))."
+        )
+    if precision not in ("auto", weights.precision):
+        raise InvalidArgumentError(
+            f"Argument `precision` ({precision!r}) differs from the weights' precision "
+            f"({weights.precision!r}). Fix: leave precision='auto' when passing weights."
+        )
+    expected = [tuple(v.shape) for v in model.weights]
+    received = [tuple(a.shape) for a in weights.arrays]
+    if expected != received:
+        first = next((i for i, (e, r) in enumerate(zip(expected, received)) if e != r), min(len(expected), len(received)))
+        raise WeightMismatchError(
+            f"The weights do not fit model {model.name!r}: it has {len(expected)} variables, the "
+            f"weights {len(received)}; first difference at index {first}. Fix: quantize the "
+            "weights of this very model: quantize_weights(model)."
+        )
+
+
+def _load_weights(rebuilt: keras.Model, source: keras.Model, weights: QuantizedWeights | None) -> None:
+    exact = variable_arrays(source)
+    cast = weights.arrays if weights is not None else (None,) * len(exact)
+    for variable, original, quantized in zip(rebuilt.weights, exact, cast):
+        use_cast = quantized is not None and np.dtype(_np_name(variable.dtype)) == quantized.dtype
+        variable.assign(quantized if use_cast else original.astype(_np_name(variable.dtype)))
+
+
+def _compile_like(rebuilt: keras.Model, source: keras.Model) -> None:
+    config = source.get_compile_config() if getattr(source, "compiled", False) else None
+    if not config:
+        return
+    try:
+        rebuilt.compile_from_config(config)
+    except Exception as err:  # custom, unregistered losses or metrics
+        warnings.warn(
+            f"The 16-bit model was not compiled like {source.name!r} ({err}); pass loss= and "
+            "metrics= to continue_training().",
+            stacklevel=3,
+        )
