@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -117,10 +118,7 @@ def clone_with_policies(model: keras.Model, policy_of: PolicyFn) -> keras.Model:
     _set_config_policies(config, model, policy_of)
     clone = _deserialize(model, config)
     _set_unbuilt_policies(clone, model, policy_of)
-    if not clone.built:
-        if build_config is None:
-            raise RebuildError(_rebuild_hint(model, "its config carries no input shape to build it from"))
-        clone.build_from_config(build_config)
+    _build_like(clone, model, build_config)
     _check_same_variables(model, clone)
     return clone
 
@@ -185,6 +183,26 @@ def _set_unbuilt_policies(clone: keras.Model, source: keras.Model, policy_of: Po
         policy = policy_of(old)
         if policy is not None and not new.built and not isinstance(new, keras.layers.InputLayer):
             new.dtype_policy = policy
+
+
+def _build_like(clone: keras.Model, source: keras.Model, build_config: dict[str, Any] | None) -> None:
+    if not clone.built:
+        if build_config is None:
+            raise RebuildError(_rebuild_hint(source, "its config carries no input shape to build it from"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # Keras' note on models without build()
+            clone.build_from_config(build_config)
+    shape = (build_config or {}).get("input_shape")
+    if len(clone.weights) < len(source.weights) and _is_shape(shape):
+        # A subclassed model whose build() does not create its sub-layers'
+        # variables: one forward pass on zeros creates them.
+        clone(keras.ops.zeros((1, *shape[1:])), training=False)
+    if not clone.built and len(clone.weights) == len(source.weights):
+        clone.built = True  # all variables exist; mark it as Keras' own build() would
+
+
+def _is_shape(shape: Any) -> bool:
+    return isinstance(shape, (list, tuple)) and len(shape) > 1 and all(isinstance(d, int) for d in shape[1:])
 
 
 def _check_same_variables(source: keras.Model, clone: keras.Model) -> None:

@@ -1,0 +1,142 @@
+"""Shared fixtures: small real Keras models and the embedded digits data."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+import pytest
+
+from fp16cont.demo import load_digits
+
+
+@pytest.fixture(scope="session")
+def digits() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    return load_digits()
+
+
+@keras.saving.register_keras_serializable(package="fp16cont_tests")
+class ScaledDense(keras.layers.Layer):
+    """A custom registered layer with its own weights and config."""
+
+    def __init__(self, units: int, scale: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.scale = units, scale
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1], self.units), initializer="glorot_uniform", name="w")
+        self.b = self.add_weight(shape=(self.units,), initializer="zeros", name="b")
+
+    def call(self, x):
+        return keras.ops.matmul(x, self.w) * self.scale + self.b
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "scale": self.scale}
+
+
+@keras.saving.register_keras_serializable(package="fp16cont_tests")
+class SubclassedNet(keras.Model):
+    """A subclassed model with get_config: rebuildable."""
+
+    def __init__(self, hidden: int = 16, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = hidden
+        self.body = keras.layers.Dense(hidden, activation="relu")
+        self.norm = keras.layers.BatchNormalization()
+        self.head = keras.layers.Dense(10, activation="softmax")
+
+    def call(self, x, training=False):
+        return self.head(self.norm(self.body(x), training=training))
+
+    def get_config(self):
+        return {**super().get_config(), "hidden": self.hidden}
+
+
+def sequential_model() -> keras.Model:
+    return keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dense(10, activation="softmax"),
+        ],
+        name="seq",
+    )
+
+
+def functional_model() -> keras.Model:
+    inputs = keras.Input((8, 8, 1), name="image")
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.Flatten()(h)
+    a = keras.layers.Dense(16, activation="relu")(h)
+    b = keras.layers.LayerNormalization()(keras.layers.Dense(16)(h))
+    h = keras.layers.Concatenate()([a, b])
+    outputs = keras.layers.Dense(10, activation="softmax", name="probs")(h)
+    return keras.Model(inputs, outputs, name="func")
+
+
+def nested_model() -> keras.Model:
+    inner = keras.Sequential([keras.Input((64,)), keras.layers.Dense(24, activation="relu")], name="inner")
+    inputs = keras.Input((64,))
+    outputs = keras.layers.Dense(10, activation="softmax", name="top")(inner(inputs))
+    return keras.Model(inputs, outputs, name="outer")
+
+
+def custom_layer_model() -> keras.Model:
+    return keras.Sequential(
+        [keras.Input((64,)), ScaledDense(12, scale=0.5), keras.layers.Dense(10, activation="softmax")], name="custom"
+    )
+
+
+def subclassed_model() -> keras.Model:
+    model = SubclassedNet(16, name="sub")
+    model(np.zeros((1, 64), "float32"))
+    return model
+
+
+MODEL_BUILDERS = {
+    "sequential": sequential_model,
+    "functional": functional_model,
+    "nested": nested_model,
+    "custom_layer": custom_layer_model,
+    "subclassed": subclassed_model,
+}
+
+
+def to_input(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """Reshape flat digits to what ``model`` takes."""
+    return x.reshape(-1, 8, 8, 1) if model.name == "func" else x
+
+
+@pytest.fixture(params=sorted(MODEL_BUILDERS))
+def trained_model(request, digits) -> keras.Model:
+    """Each model kind, compiled and trained one epoch on the digits."""
+    keras.utils.set_random_seed(0)
+    model = MODEL_BUILDERS[request.param]()
+    (x, y), _ = digits
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(to_input(model, x), y, epochs=1, batch_size=128, verbose=0)
+    return model
+
+
+def snapshot(model: keras.Model) -> dict:
+    """Everything a fp16cont call must leave unchanged on a source model."""
+    return {
+        "weights": [np.array(keras.ops.convert_to_numpy(v.value)).tobytes() for v in model.weights],
+        "dtypes": [str(v.dtype) for v in model.weights],
+        "policies": [layer.dtype_policy.name for layer in model._flatten_layers()],
+        "compiled": getattr(model, "compiled", False),
+        "optimizer": type(getattr(model, "optimizer", None)).__name__,
+        "optimizer_vars": [
+            np.array(keras.ops.convert_to_numpy(v.value)).tobytes() for v in getattr(model.optimizer, "variables", [])
+        ]
+        if getattr(model, "optimizer", None) is not None
+        else [],
+        "compile_config": repr(model.get_compile_config()) if getattr(model, "compiled", False) else None,
+        "floatx": keras.config.floatx(),
+        "policy": keras.config.dtype_policy().name,
+    }

@@ -1,0 +1,54 @@
+import warnings
+
+import keras
+import pytest
+
+from fp16cont import hardware
+from fp16cont.errors import InvalidArgumentError, PerformanceWarning
+from fp16cont.hardware import Device, select_precision
+
+AMPERE = Device(kind="gpu", name="A100", compute_capability=(8, 0))
+PASCAL = Device(kind="gpu", name="P100", compute_capability=(6, 0))
+BF16_CPU = Device(kind="cpu", name="Sapphire Rapids", cpu_bf16=True)
+OLD_CPU = Device(kind="cpu", name="old CPU", cpu_bf16=False)
+TPU = Device(kind="tpu", name="TPU v4")
+
+
+@pytest.mark.parametrize(
+    "device,expected,fast",
+    [(AMPERE, "float16", True), (PASCAL, "float16", False), (BF16_CPU, "bfloat16", True),
+     (OLD_CPU, "bfloat16", False), (TPU, "bfloat16", True)],
+)
+def test_auto_picks_the_fast_format(device, expected, fast):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        choice = select_precision("auto", device)
+    assert (choice.precision, choice.fast) == (expected, fast)
+
+
+def test_explicit_float16_on_cpu_warns_once_with_measured_reason():
+    device = Device(kind="cpu", name="warn-once-cpu", cpu_bf16=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert select_precision("float16", device).precision == "float16"
+        select_precision("float16", device)
+    perf = [w for w in caught if issubclass(w.category, PerformanceWarning)]
+    assert len(perf) == 1
+    assert "0.93 img/s" in str(perf[0].message)
+
+
+def test_explicit_bfloat16_on_gpu_is_honoured():
+    assert select_precision("bfloat16", AMPERE).precision == "bfloat16"
+
+
+@pytest.mark.parametrize("bad", ["float8", "fp16", "", None, 16])
+def test_unknown_precision_is_a_typed_error(bad):
+    with pytest.raises(InvalidArgumentError, match="precision"):
+        select_precision(bad, BF16_CPU)
+
+
+def test_detect_device_on_this_backend():
+    device = hardware.detect_device()
+    assert device.kind in ("cpu", "gpu", "tpu")
+    if keras.backend.backend() == "tensorflow" and device.kind == "cpu":
+        assert isinstance(device.cpu_bf16, bool)
