@@ -1,0 +1,193 @@
+import keras
+import numpy as np
+import pytest
+
+import fp16cont
+from fp16cont.errors import (
+    AlreadyLowPrecisionError,
+    InvalidArgumentError,
+    InvalidSourceError,
+    ModelNotBuiltError,
+    NonFiniteOutputError,
+    RebuildError,
+    WeightMismatchError,
+)
+from fp16cont.numerics import is_low_float
+from tests.conftest import MODEL_BUILDERS, snapshot, to_input
+
+
+def island_layer_names(model):
+    return {p.split("/")[-1] for p, pol in model.fp16cont_report.layer_policies if pol != "bfloat16"}
+
+
+def test_every_model_kind_rebuilds_in_pure_bfloat16(trained_model, digits):
+    before = snapshot(trained_model)
+    model16 = fp16cont.build_fp16_model(trained_model, precision="bfloat16")
+    report = model16.fp16cont_report
+    declared = set(report.float32_variables)
+    for v in model16.variables:
+        if "float" not in str(v.dtype):
+            continue
+        if v.path in declared:
+            assert v.dtype == "float32"
+        else:
+            assert v.dtype == "bfloat16", v.path
+    # islands are only normalization and output layers
+    for layer in model16._flatten_layers(include_self=False):
+        if layer.weights and any(v.path in declared for v in layer.weights):
+            is_norm = isinstance(layer, (keras.layers.BatchNormalization, keras.layers.LayerNormalization))
+            assert is_norm or layer.dtype_policy.name == "float32"
+    assert report.verification is not None
+    assert report.verification.argmax_agreement >= 0.9
+    assert report.verification.max_abs_diff < 0.1
+    # the same predictions on real data
+    (_, _), (xt, yt) = digits
+    p32 = trained_model.predict(to_input(trained_model, xt), verbose=0).argmax(-1)
+    p16 = model16.predict(to_input(model16, xt), verbose=0).argmax(-1)
+    assert np.mean(p32 == p16) > 0.95
+    assert snapshot(trained_model) == before
+
+
+def test_sixteen_bit_variables_hold_the_quantized_values(trained_model):
+    q = fp16cont.quantize_weights(trained_model, "bfloat16")
+    model16 = fp16cont.build_fp16_model(trained_model, q)
+    for variable, quantized, original in zip(model16.weights, q.arrays, trained_model.weights):
+        value = np.asarray(keras.ops.convert_to_numpy(variable.value))
+        if is_low_float(variable.dtype):
+            assert value.tobytes() == quantized.tobytes()
+        else:  # islands keep the exact float32 values
+            assert value.tobytes() == np.asarray(keras.ops.convert_to_numpy(original.value)).tobytes()
+
+
+def test_islands_batchnorm_mixed_and_output_float32():
+    model = MODEL_BUILDERS["functional"]()
+    model16 = fp16cont.build_fp16_model(model, precision="bfloat16")
+    policies = {p: pol for p, pol in model16.fp16cont_report.layer_policies}
+    bn = model16.get_layer(model.layers[2].name)
+    assert isinstance(bn, keras.layers.BatchNormalization)
+    assert bn.dtype_policy.name == "mixed_bfloat16"
+    assert bn.moving_mean.dtype == "float32"
+    assert model16.get_layer("probs").dtype_policy.name == "float32"
+    assert model16.get_layer("probs").kernel.dtype == "float32"
+    assert model16(np.zeros((2, 8, 8, 1), "float32")).dtype == "float32"
+    assert "probs" in policies
+
+
+def test_islands_are_configurable_by_class_and_pattern():
+    model = MODEL_BUILDERS["functional"]()
+    none = fp16cont.build_fp16_model(model, precision="bfloat16", keep_float32=None)
+    assert none.fp16cont_report.float32_variables == ()
+    custom = fp16cont.build_fp16_model(model, precision="bfloat16", keep_float32=(keras.layers.Conv2D, "prob*"))
+    assert all(l.dtype_policy.name == "float32" for l in custom.layers if isinstance(l, keras.layers.Conv2D))
+    assert custom.get_layer("probs").dtype_policy.name == "float32"
+    bn = [l for l in custom.layers if isinstance(l, keras.layers.BatchNormalization)][0]
+    assert bn.dtype_policy.name == "bfloat16"  # not kept: "normalization" was not asked for
+    with pytest.raises(InvalidArgumentError, match="keep_float32"):
+        fp16cont.build_fp16_model(model, precision="bfloat16", keep_float32=(3,))
+
+
+def test_mixed_mode_keeps_float32_variables_and_16bit_compute(trained_model):
+    model = fp16cont.build_fp16_model(trained_model, precision="bfloat16", mode="mixed")
+    assert all(v.dtype in ("float32", "int64", "int32", "uint32") or "int" in str(v.dtype) for v in model.weights)
+    body = [l for l in model._flatten_layers(include_self=False) if l.weights]
+    assert any(l.dtype_policy.name == "mixed_bfloat16" for l in body)
+    for new, old in zip(model.weights, trained_model.weights):
+        assert np.array_equal(keras.ops.convert_to_numpy(new.value), keras.ops.convert_to_numpy(old.value))
+
+
+def test_overflowing_variables_stay_float32_with_keep_float32():
+    model = MODEL_BUILDERS["sequential"]()
+    big = model.layers[0].kernel.numpy()
+    big[0, 0] = 1e6
+    model.layers[0].kernel.assign(big)
+    with pytest.raises(fp16cont.WeightOverflowError):
+        fp16cont.quantize_weights(model, "float16")
+    q = fp16cont.quantize_weights(model, "float16", on_overflow="keep_float32")
+    model16 = fp16cont.build_fp16_model(model, q, verify=False)
+    assert model16.layers[0].kernel.dtype == "float32"
+    assert model16.layers[0].kernel.numpy()[0, 0] == 1e6
+
+
+def test_globals_are_never_changed_even_on_error():
+    before = (keras.config.floatx(), keras.config.dtype_policy().name)
+    model = MODEL_BUILDERS["sequential"]()
+    fp16cont.build_fp16_model(model, precision="bfloat16")
+    with pytest.raises(InvalidArgumentError):
+        fp16cont.build_fp16_model(model, precision="bfloat16", mode="half")
+    assert (keras.config.floatx(), keras.config.dtype_policy().name) == before
+
+
+def test_compiled_source_passes_loss_and_metrics_on(trained_model):
+    model16 = fp16cont.build_fp16_model(trained_model, precision="bfloat16")
+    assert model16.compiled
+    assert model16.get_compile_config()["loss"] == trained_model.get_compile_config()["loss"]
+
+
+def test_model_loaded_from_keras_file_and_path_argument(tmp_path, trained_model):
+    path = tmp_path / "source.keras"
+    trained_model.save(path)
+    loaded = keras.saving.load_model(path)
+    from_loaded = fp16cont.build_fp16_model(loaded, precision="bfloat16")
+    from_path = fp16cont.build_fp16_model(path, precision="bfloat16")
+    for a, b in zip(from_loaded.weights, from_path.weights):
+        assert np.array_equal(keras.ops.convert_to_numpy(a.value), keras.ops.convert_to_numpy(b.value))
+    if trained_model.name == "sub":
+        return  # a subclassed model's config does not carry its sub-layers' policies (documented)
+    saved = tmp_path / "model16.keras"
+    from_path.save(saved)
+    again = keras.saving.load_model(saved)
+    assert [str(v.dtype) for v in again.weights] == [str(v.dtype) for v in from_path.weights]
+
+
+def test_unrebuildable_subclassed_model_names_get_config():
+    class NoConfig(keras.Model):
+        def __init__(self, layer):
+            super().__init__()
+            self.inner = layer
+
+        def call(self, x):
+            return self.inner(x)
+
+    model = NoConfig(keras.layers.Dense(3))
+    model(np.zeros((1, 4), "float32"))
+    with pytest.raises(RebuildError, match="get_config"):
+        fp16cont.build_fp16_model(model, precision="bfloat16")
+
+
+def test_unbuilt_and_wrong_inputs():
+    with pytest.raises(ModelNotBuiltError, match="input shape"):
+        fp16cont.build_fp16_model(keras.Sequential([keras.layers.Dense(2)]), precision="bfloat16")
+    with pytest.raises(InvalidSourceError):
+        fp16cont.build_fp16_model("nope.keras")
+    with pytest.raises(InvalidSourceError):
+        fp16cont.build_fp16_model(object())
+
+
+def test_already_16bit_model_is_refused():
+    model = MODEL_BUILDERS["sequential"]()
+    model16 = fp16cont.build_fp16_model(model, precision="bfloat16")
+    with pytest.raises(AlreadyLowPrecisionError, match="continue_training"):
+        fp16cont.build_fp16_model(model16, precision="bfloat16")
+
+
+def test_weights_of_another_model_or_precision_are_refused():
+    a = MODEL_BUILDERS["sequential"]()
+    b = MODEL_BUILDERS["nested"]()
+    q = fp16cont.quantize_weights(b, "bfloat16")
+    with pytest.raises(WeightMismatchError, match="quantize_weights"):
+        fp16cont.build_fp16_model(a, q)
+    with pytest.raises(WeightMismatchError):
+        fp16cont.build_fp16_model(a, [np.zeros(1)])
+    qa = fp16cont.quantize_weights(a, "bfloat16")
+    with pytest.raises(InvalidArgumentError, match="precision"):
+        fp16cont.build_fp16_model(a, qa, precision="float16")
+
+
+def test_verification_raises_on_float16_activation_overflow():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, kernel_initializer=keras.initializers.Constant(300.0)),
+                              keras.layers.Dense(4, kernel_initializer=keras.initializers.Constant(300.0)),
+                              keras.layers.Dense(2)])
+    with pytest.raises(NonFiniteOutputError, match="bfloat16"):
+        fp16cont.build_fp16_model(model, precision="float16", keep_float32=None)
+    model16 = fp16cont.build_fp16_model(model, precision="bfloat16", keep_float32=None)
+    assert np.isfinite(model16.fp16cont_report.verification.max_abs_diff)
