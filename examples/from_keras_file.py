@@ -19,6 +19,7 @@ Run it from the repository root::
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def fits_digits(model: keras.Model) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="Continue training a float32 .keras model in 16-bit.")
     parser.add_argument("model", nargs="?", type=Path, help="a float32 .keras file (default: make one)")
     parser.add_argument("--out", type=Path, help="where to save the 16-bit model (default: a temporary folder)")
     args = parser.parse_args(argv)
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
             save_float32_model(path)
         out: Path = args.out or Path(tmp) / "fp16cont-16bit.keras"
 
-        # Audit the cast straight from the file (same as `python -m fp16cont audit PATH`).
+        # Audit the cast straight from the file (like `python -m fp16cont audit PATH`).
         q = fp16cont.quantize_weights(path)
         print(q.report.summary(), end="\n\n")
 
@@ -95,4 +96,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except fp16cont.Fp16ContError as err:  # e.g. a file that is already 16-bit
+        sys.exit(f"error: {type(err).__name__}: {err}")

@@ -22,8 +22,6 @@ class EpochTimer(keras.callbacks.Callback):
     Attributes:
         epoch_seconds: Seconds per finished epoch (validation included).
         epoch_steps: Training batches per finished epoch.
-        first_batch_size: Rows of the first training batch, when the batch is
-            visible to callbacks (``None`` otherwise).
     """
 
     def __init__(self) -> None:

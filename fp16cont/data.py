@@ -15,7 +15,7 @@ import numpy as np
 
 from fp16cont.errors import DataError, InvalidArgumentError
 
-__all__ = ["is_array_like", "check_fit_args", "samples_per_epoch"]
+__all__ = ["is_array_like", "check_fit_args", "samples_per_epoch", "batch_rows"]
 
 
 def is_array_like(x: Any) -> bool:
@@ -90,3 +90,32 @@ def samples_per_epoch(x: Any, batch_size: int, fit_kwargs: dict[str, Any]) -> in
     n = int(math.floor(n * (1.0 - split))) if split else n
     steps = fit_kwargs.get("steps_per_epoch")
     return min(n, int(steps) * batch_size) if steps else n
+
+
+def batch_rows(x: Any, batch_size: int) -> int:
+    """Rows per training batch: ``batch_size`` for arrays, else the first batch's.
+
+    Args:
+        x: Training inputs: arrays, a ``tf.data.Dataset``, a ``PyDataset`` or
+            any iterable of ``(x, y)`` batches.
+        batch_size: The batch size used for arrays.
+
+    Returns:
+        The rows of one batch (``batch_size`` when they cannot be seen
+        without consuming a one-shot iterator).
+    """
+    if is_array_like(x):
+        return batch_size
+    try:
+        if hasattr(x, "element_spec"):  # a tf.data.Dataset: iterating it is repeatable
+            first = next(iter(x))
+        elif hasattr(x, "__getitem__") and hasattr(x, "__len__"):  # PyDataset / Sequence
+            first = x[0]
+        else:
+            return batch_size
+    except (StopIteration, IndexError, TypeError):
+        return batch_size
+    inputs = first[0] if isinstance(first, (tuple, list)) else first
+    leaf = _first_array(inputs) if isinstance(inputs, (dict, list, tuple)) else inputs
+    shape = getattr(leaf, "shape", None)
+    return int(shape[0]) if shape is not None and len(shape) and shape[0] is not None else batch_size

@@ -103,7 +103,7 @@ def build_fp16_model(
     choice = select_precision(precision)
     if weights is None and mode == "pure":
         weights = quantize_weights(source, choice.precision)
-    float32_paths = weights.report.float32_paths if weights is not None else ()
+    float32_paths = _kept_float32_paths(source, weights)
     plan = policy_plan(source, choice.precision, mode, keep_float32, float32_paths)
     rebuilt = clone_with_policies(source, plan)
     _load_weights(rebuilt, source, weights if mode == "pure" else None)
@@ -141,20 +141,37 @@ def weight_bytes(variables: Sequence[Any]) -> int:
 
 
 def float_precision(model: keras.Model) -> str:
-    """The floating-point format of most of a model's trainable parameters.
+    """The precision most of a model's trainable parameters train in.
 
     Args:
         model: A built model.
 
     Returns:
-        ``"float16"``, ``"bfloat16"`` or ``"float32"`` (the dtype holding the
-        most trainable values).
+        ``"float16"`` or ``"bfloat16"`` for pure 16-bit variables,
+        ``"mixed_float16"`` / ``"mixed_bfloat16"`` for float32 variables used in
+        16-bit compute, otherwise ``"float32"``.
+
+    Example:
+        >>> float_precision(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
+        'float32'
     """
     counts: dict[str, int] = {}
+    owners = {id(v): layer for layer in iter_layers(model) for v in layer.trainable_weights}
     for v in model.trainable_weights:
-        counts[str(v.dtype)] = counts.get(str(v.dtype), 0) + int(np.prod(v.shape))
+        layer = owners.get(id(v))
+        compute = str(layer.dtype_policy.compute_dtype) if layer is not None else str(v.dtype)
+        name = str(v.dtype) if is_low_float(v.dtype) or not is_low_float(compute) else f"mixed_{compute}"
+        counts[name] = counts.get(name, 0) + int(np.prod(v.shape))
     floats = {k: c for k, c in counts.items() if "float" in k}
     return max(floats, key=lambda k: floats[k]) if floats else "float32"
+
+
+def _kept_float32_paths(source: keras.Model, weights: QuantizedWeights | None) -> tuple[str, ...]:
+    # by position: a report made from a file or a clone names the same
+    # variables with other path prefixes
+    if weights is None:
+        return ()
+    return tuple(v.path for v, audit in zip(source.weights, weights.report.variables) if audit.kept_float32)
 
 
 def _layer_policies(model: keras.Model) -> tuple[tuple[str, str], ...]:

@@ -20,7 +20,7 @@ import numpy as np
 
 from fp16cont.architecture import check_built
 from fp16cont.callbacks import EpochTimer
-from fp16cont.data import check_fit_args, is_array_like, samples_per_epoch
+from fp16cont.data import batch_rows, check_fit_args, is_array_like, samples_per_epoch
 from fp16cont.errors import InvalidArgumentError, InvalidSourceError, MissingLossError
 from fp16cont.rebuild import float_precision, weight_bytes
 from fp16cont.reports import TrainingResult
@@ -111,6 +111,7 @@ def continue_training(
     )
     wall = time.perf_counter() - start
     per_epoch = samples_per_epoch(x, batch_size, fit_kwargs)
+    rows = batch_rows(x, batch_size)
     return TrainingResult(
         model=model,
         history=history,
@@ -118,7 +119,7 @@ def continue_training(
         wall_seconds=wall,
         epoch_seconds=tuple(timer.epoch_seconds),
         samples_per_second=tuple(
-            (per_epoch if per_epoch is not None else steps * batch_size) / max(seconds, 1e-9)
+            (per_epoch if per_epoch is not None else steps * rows) / max(seconds, 1e-9)
             for seconds, steps in zip(timer.epoch_seconds, timer.epoch_steps)
         ),
         weight_bytes=weight_bytes(model.weights),
@@ -158,7 +159,7 @@ def resolve_optimizer(optimizer: Any) -> keras.optimizers.Optimizer:
 
 def _wants_loss_scaling(loss_scaling: Any, precision: str) -> bool:
     if loss_scaling == "auto":
-        return precision == "float16"
+        return precision in ("float16", "mixed_float16")
     if isinstance(loss_scaling, bool):
         return loss_scaling
     raise InvalidArgumentError(

@@ -191,3 +191,16 @@ def test_verification_raises_on_float16_activation_overflow():
         fp16cont.build_fp16_model(model, precision="float16", keep_float32=None)
     model16 = fp16cont.build_fp16_model(model, precision="bfloat16", keep_float32=None)
     assert np.isfinite(model16.fp16cont_report.verification.max_abs_diff)
+
+
+def test_keep_float32_weights_from_a_file_fit_the_in_memory_model(tmp_path):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="mid"), keras.layers.Dense(2, name="head")])
+    weights = model.get_weights()
+    weights[0][0, 0] = 1e5
+    model.set_weights(weights)
+    path = tmp_path / "m.weights.h5"
+    model.save_weights(path)
+    q = fp16cont.quantize_weights(path, "float16", on_overflow="keep_float32", model=model)
+    model16 = fp16cont.build_fp16_model(model, q)
+    assert model16.get_layer("mid").kernel.dtype == "float32"
+    assert model16.get_layer("mid").kernel.numpy()[0, 0] == 1e5

@@ -134,3 +134,20 @@ def test_bad_data_and_models_are_typed_errors(source, digits):
         fp16cont.continue_training("model.keras", x, y)
     with pytest.raises(ModelNotBuiltError):
         fp16cont.continue_training(keras.Sequential([keras.layers.Dense(2)]), x, y, loss="mse")
+
+
+def test_mixed_float16_gets_loss_scaling_and_reports_its_precision(source, digits):
+    (x, y), _ = digits
+    mixed = fp16cont.build_fp16_model(source, precision="float16", mode="mixed")
+    result = fp16cont.continue_training(mixed, x[:256], y[:256], verbose=0)
+    assert isinstance(mixed.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert result.precision == "mixed_float16"
+
+
+def test_samples_per_second_uses_the_datasets_own_batch_size(digits):
+    (x, y), _ = digits
+    model = MODEL_BUILDERS["sequential"]()
+    dataset = tf.data.Dataset.from_tensor_slices((x[:1024], y[:1024])).batch(32)
+    result = fp16cont.continue_training(model, dataset, loss="sparse_categorical_crossentropy", verbose=0)
+    expected = 1024 / result.epoch_seconds[0]
+    assert result.samples_per_second[0] == pytest.approx(expected, rel=0.05)
