@@ -28,6 +28,7 @@ __all__ = [
     "RebuildError",
     "MissingLossError",
     "DataError",
+    "MissingDependencyError",
     "PerformanceWarning",
 ]
 
@@ -78,6 +79,18 @@ class MissingLossError(Fp16ContError, ValueError):
 
 class DataError(Fp16ContError, ValueError):
     """The training or validation data does not fit the model or the call."""
+
+
+class MissingDependencyError(Fp16ContError, ImportError):
+    """An optional package that the call needs is not installed."""
+
+
+class LossScaleFloorError(Fp16ContError, FloatingPointError):
+    """The dynamic loss scale hit its floor repeatedly: float16 cannot proceed."""
+
+
+class TrainingDivergedError(Fp16ContError, FloatingPointError):
+    """Training produced NaN/Inf too often; the last good weights were restored."""
 
 
 class PerformanceWarning(UserWarning):

@@ -213,8 +213,16 @@ class TrainingResult:
         epoch_seconds: Wall time of each epoch (validation included).
         samples_per_second: Training samples per second of each epoch.
         weight_bytes: Bytes of the model's variables.
-        optimizer_bytes: Bytes of the optimizer's variables.
+        optimizer_bytes: Bytes of the optimizer's variables (slots and
+            compensation buffers included).
+        parameters: Number of trainable parameters.
+        compensation: The compensation used (``None`` for none).
         loss_scale: The final dynamic loss scale, when loss scaling was used.
+        skipped_steps: Steps the loss scaling skipped for non-finite gradients.
+        rollbacks: Times the NaN guard restored the last good state.
+        guard_events: What the NaN guard did, event by event.
+        stagnation: Cancelled/lost updates of the last step, per layer.
+        optimizer_state: Audit of the optimizer state carried over, if any.
     """
 
     model: Any = field(repr=False)
@@ -225,7 +233,19 @@ class TrainingResult:
     samples_per_second: tuple[float, ...]
     weight_bytes: int
     optimizer_bytes: int
+    parameters: int = 0
+    compensation: str | None = None
     loss_scale: float | None = None
+    skipped_steps: int = 0
+    rollbacks: int = 0
+    guard_events: tuple[Any, ...] = ()
+    stagnation: Any = None
+    optimizer_state: QuantizationReport | None = None
+
+    @property
+    def bytes_per_parameter(self) -> float:
+        """(weight + optimizer bytes) per trainable parameter."""
+        return (self.weight_bytes + self.optimizer_bytes) / self.parameters if self.parameters else 0.0
 
     def summary(self) -> str:
         """A table with one row per epoch and the byte counts."""
@@ -236,7 +256,10 @@ class TrainingResult:
             for i, (s, r) in enumerate(zip(self.epoch_seconds, self.samples_per_second))
         ]
         table = render_table(["epoch", "seconds", "samples/s", *names], rows)
-        scale = "" if self.loss_scale is None else f", loss scale {self.loss_scale:g}"
+        scale = "" if self.loss_scale is None else f", loss scale {self.loss_scale:g} ({self.skipped_steps} skipped)"
+        scale += f", compensation {self.compensation}" if self.compensation else ""
+        scale += f", {self.rollbacks} rollback(s)" if self.rollbacks else ""
+        scale += f", {self.bytes_per_parameter:.1f} B/param"
         return (
             f"{table}\n{self.precision}: weights {format_bytes(self.weight_bytes)}, optimizer state "
             f"{format_bytes(self.optimizer_bytes)}, {self.wall_seconds:.1f} s{scale}"

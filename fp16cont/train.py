@@ -13,22 +13,30 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
 
 import keras
 import numpy as np
 
 from fp16cont.architecture import check_built
 from fp16cont.callbacks import EpochTimer
+from fp16cont.carry import carry_optimizer_state, innermost_optimizer
+from fp16cont.compensation import COMPENSATIONS, CompensatedOptimizer, Compensation, SlotDtype, find_compensated
+from fp16cont.guard import NonFiniteGuard
+from fp16cont.loss_scale import DynamicLossScale, LossScaleMonitor, find_loss_scale
+from fp16cont.numerics import LOW_PRECISIONS
+from fp16cont.stagnation import StagnationMonitor
 from fp16cont.data import batch_rows, check_fit_args, is_array_like, samples_per_epoch
 from fp16cont.errors import InvalidArgumentError, InvalidSourceError, MissingLossError
 from fp16cont.rebuild import float_precision, weight_bytes
 from fp16cont.reports import TrainingResult
 
-__all__ = ["continue_training", "DEFAULT_LEARNING_RATE", "resolve_optimizer"]
+__all__ = ["continue_training", "DEFAULT_LEARNING_RATE", "resolve_optimizer", "OptimizerPlan"]
 
 DEFAULT_LEARNING_RATE = 0.01  # the paper's SGD learning rate
-LossScaling = bool | Literal["auto"]
+LossScaling = Union[bool, Literal["auto"]]
+CompensationArg = Union[Compensation, Literal["auto"], None]
 
 
 def continue_training(
@@ -44,7 +52,13 @@ def continue_training(
     validation_data: Any = None,
     callbacks: Sequence[keras.callbacks.Callback] | None = None,
     verbose: Any = "auto",
+    compensation: CompensationArg = "auto",
+    slot_dtype: SlotDtype = "auto",
+    seed: int = 0,
     loss_scaling: LossScaling = "auto",
+    loss_scale_options: dict[str, Any] | None = None,
+    nan_guard: bool | int = True,
+    initial_optimizer_state: keras.Model | None = None,
     **fit_kwargs: Any,
 ) -> TrainingResult:
     """Train ``model`` further, like ``model.fit``, and report what happened.
@@ -52,8 +66,14 @@ def continue_training(
     The model is trained in place. Defaults follow the paper: SGD with
     learning rate 0.01, batch size 128. A compiled model keeps its optimizer
     (and its state), loss and metrics unless they are given here; an
-    uncompiled model gets SGD(0.01) and needs ``loss``. Pure float16 models get
-    dynamic loss scaling (Keras only gives it to ``mixed_float16``).
+    uncompiled model gets SGD(0.01) and needs ``loss``.
+
+    For pure 16-bit models the optimizer is wrapped so that training is as
+    accurate as float32 while every stored tensor stays 16-bit: update
+    arithmetic in float32 with Kahan-compensated writes (``compensation``),
+    and dynamic loss scaling for float16 (Keras only gives it to
+    ``mixed_float16``). A :class:`~fp16cont.guard.NonFiniteGuard` rolls back
+    NaN/Inf steps.
 
     Args:
         model: A built model, typically from :func:`build_fp16_model`.
@@ -68,7 +88,21 @@ def continue_training(
         validation_data: As in ``fit``.
         callbacks: Any Keras callbacks.
         verbose: As in ``fit`` (Keras' progress bar by default).
-        loss_scaling: ``"auto"`` (on for float16 variables), ``True`` or ``False``.
+        compensation: ``"auto"`` (``"kahan"`` for pure 16-bit models, off
+            otherwise), ``"kahan"``, ``"stochastic"`` (bfloat16), ``"none"``
+            (float32 arithmetic, plain rounding) or ``None`` (the optimizer as
+            Keras runs it).
+        slot_dtype: ``"auto"`` (optimizer slots in the variable dtype) or
+            ``"float32"``.
+        seed: Seed of stochastic rounding.
+        loss_scaling: ``"auto"`` (on when compute is float16), ``True`` or ``False``.
+        loss_scale_options: Keyword arguments of
+            :class:`~fp16cont.loss_scale.DynamicLossScale` (``initial_scale``,
+            ``dynamic_growth_steps``, ``min_scale``, ``max_scale``).
+        nan_guard: ``True`` (3 rollbacks allowed), a number of rollbacks, or
+            ``False``.
+        initial_optimizer_state: The float32 source model whose optimizer
+            state (momentum, moments, iteration count) to start from.
         **fit_kwargs: Passed on to ``model.fit``.
 
     Returns:
@@ -77,10 +111,12 @@ def continue_training(
     Raises:
         InvalidSourceError: If ``model`` is not a Keras model.
         ModelNotBuiltError: If the model was never built.
-        InvalidArgumentError: For bad ``epochs``, ``batch_size``, ``optimizer``
-            or ``loss_scaling``.
+        InvalidArgumentError: For bad ``epochs``, ``batch_size``, ``optimizer``,
+            ``compensation``, ``loss_scaling`` or optimizer-state arguments.
         MissingLossError: If the model is uncompiled and ``loss`` is ``None``.
         DataError: For empty or mismatched arrays.
+        LossScaleFloorError: If float16 loss scaling cannot find a working scale.
+        TrainingDivergedError: If NaN/Inf persists after ``nan_guard`` rollbacks.
 
     Example:
         >>> r = fp16cont.continue_training(m16, x, y, epochs=2)  # doctest: +SKIP
@@ -94,8 +130,22 @@ def continue_training(
     check_built(model)
     check_fit_args(x, y, batch_size, epochs)
     precision = float_precision(model)
-    _compile_for_training(model, optimizer, loss, metrics, _wants_loss_scaling(loss_scaling, precision))
+    plan = OptimizerPlan(
+        compensation=_resolve_compensation(compensation, precision),
+        loss_scaling=_wants_loss_scaling(loss_scaling, precision),
+        slot_dtype=slot_dtype,
+        seed=seed,
+        loss_scale_options=dict(loss_scale_options or {}),
+    )
+    _compile_for_training(model, optimizer, loss, metrics, plan)
+    state_report = carry_optimizer_state(initial_optimizer_state, model) if initial_optimizer_state is not None else None
     timer = EpochTimer()
+    monitors: list[keras.callbacks.Callback] = [timer, StagnationMonitor()]
+    guard = NonFiniteGuard(max_failures=3 if nan_guard is True else int(nan_guard)) if nan_guard else None
+    if guard is not None:
+        monitors.append(guard)
+    if plan.loss_scaling:
+        monitors.append(LossScaleMonitor())
     fit_args: dict[str, Any] = dict(fit_kwargs)
     if is_array_like(x):
         fit_args["batch_size"] = batch_size
@@ -105,13 +155,14 @@ def continue_training(
         y,
         epochs=epochs,
         validation_data=validation_data,
-        callbacks=[*(callbacks or []), timer],
+        callbacks=[*(callbacks or []), *monitors],
         verbose=verbose,
         **fit_args,
     )
     wall = time.perf_counter() - start
     per_epoch = samples_per_epoch(x, batch_size, fit_kwargs)
     rows = batch_rows(x, batch_size)
+    scaler = find_loss_scale(model.optimizer)
     return TrainingResult(
         model=model,
         history=history,
@@ -124,7 +175,14 @@ def continue_training(
         ),
         weight_bytes=weight_bytes(model.weights),
         optimizer_bytes=weight_bytes(model.optimizer.variables),
-        loss_scale=_loss_scale(model.optimizer),
+        parameters=sum(int(np.prod(v.shape)) for v in model.trainable_weights),
+        compensation=plan.compensation,
+        loss_scale=_loss_scale(scaler),
+        skipped_steps=_read_int(getattr(scaler, "skipped_steps", None)),
+        rollbacks=guard.rollbacks if guard is not None else 0,
+        guard_events=tuple(guard.events) if guard is not None else (),
+        stagnation=monitors[1].reports[-1] if monitors[1].reports else None,
+        optimizer_state=state_report,
     )
 
 
@@ -157,6 +215,55 @@ def resolve_optimizer(optimizer: Any) -> keras.optimizers.Optimizer:
         ) from err
 
 
+@dataclass(frozen=True)
+class OptimizerPlan:
+    """The optimizer wrappers a training run needs.
+
+    Attributes:
+        compensation: The compensation mode, or ``None`` for none.
+        loss_scaling: Whether to wrap in :class:`DynamicLossScale`.
+        slot_dtype: Optimizer slot dtype.
+        seed: Stochastic-rounding seed.
+        loss_scale_options: Keyword arguments of :class:`DynamicLossScale`.
+    """
+
+    compensation: str | None
+    loss_scaling: bool
+    slot_dtype: str = "auto"
+    seed: int = 0
+    loss_scale_options: dict[str, Any] = field(default_factory=dict)
+
+    def matches(self, optimizer: Any) -> bool:
+        """Whether a compiled optimizer chain already is what this plan builds."""
+        compensated = find_compensated(optimizer)
+        same_compensation = (compensated is None and self.compensation is None) or (
+            compensated is not None
+            and (compensated.compensation, compensated.slot_dtype, compensated.seed)
+            == (self.compensation, self.slot_dtype, self.seed)
+        )
+        return same_compensation and (find_loss_scale(optimizer) is not None) == self.loss_scaling
+
+    def wrap(self, base: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
+        """Wrap ``base`` as planned."""
+        optimizer: keras.optimizers.Optimizer = base
+        if self.compensation is not None:
+            optimizer = CompensatedOptimizer(optimizer, self.compensation, seed=self.seed, slot_dtype=self.slot_dtype)
+        if self.loss_scaling:
+            optimizer = DynamicLossScale(optimizer, **self.loss_scale_options)
+        return optimizer
+
+
+def _resolve_compensation(compensation: Any, precision: str) -> str | None:
+    if compensation == "auto":
+        return "kahan" if precision in LOW_PRECISIONS else None
+    if compensation is None or compensation in COMPENSATIONS:
+        return compensation
+    raise InvalidArgumentError(
+        f"Argument `compensation` should be 'auto', 'kahan', 'stochastic', 'none' or None. "
+        f"Received: compensation={compensation!r}. Fix: leave it 'auto'."
+    )
+
+
 def _wants_loss_scaling(loss_scaling: Any, precision: str) -> bool:
     if loss_scaling == "auto":
         return precision in ("float16", "mixed_float16")
@@ -168,13 +275,10 @@ def _wants_loss_scaling(loss_scaling: Any, precision: str) -> bool:
     )
 
 
-def _compile_for_training(
-    model: keras.Model, optimizer: Any, loss: Any, metrics: Any, loss_scaling: bool
-) -> None:
+def _compile_for_training(model: keras.Model, optimizer: Any, loss: Any, metrics: Any, plan: OptimizerPlan) -> None:
     compiled = bool(getattr(model, "compiled", False)) and getattr(model, "optimizer", None) is not None
     current = model.optimizer if compiled else None
-    scaled = isinstance(current, keras.optimizers.LossScaleOptimizer)
-    if compiled and optimizer is None and loss is None and metrics is None and scaled == loss_scaling:
+    if compiled and optimizer is None and loss is None and metrics is None and plan.matches(current):
         return
     previous = _compile_kwargs(model) if compiled else {}
     if loss is None and previous.get("loss") is None:
@@ -183,18 +287,26 @@ def _compile_for_training(
             "against. Fix: pass loss=..., e.g. continue_training(model, x, y, "
             "loss='sparse_categorical_crossentropy'), or compile the float32 model first."
         )
-    chosen = resolve_optimizer(optimizer) if optimizer is not None or current is None else current
-    if isinstance(chosen, keras.optimizers.LossScaleOptimizer) and not loss_scaling:
-        chosen = chosen.inner_optimizer
-    elif loss_scaling and not isinstance(chosen, keras.optimizers.LossScaleOptimizer):
-        chosen = keras.optimizers.LossScaleOptimizer(chosen)
     kwargs = dict(previous)
-    kwargs.update(optimizer=chosen)
+    kwargs["optimizer"] = plan.wrap(_base_optimizer(optimizer, current))
     if loss is not None:
         kwargs["loss"] = loss
     if metrics is not None:
         kwargs["metrics"] = metrics
     model.compile(**kwargs)
+
+
+def _base_optimizer(optimizer: Any, current: Any) -> keras.optimizers.Optimizer:
+    if optimizer is not None:
+        base = resolve_optimizer(optimizer)
+    elif current is None:
+        return resolve_optimizer(None)
+    else:
+        base = current
+    if find_compensated(base) is not None or isinstance(base, keras.optimizers.LossScaleOptimizer):
+        inner = innermost_optimizer(base)
+        return inner.__class__.from_config(inner.get_config())  # a fresh, un-instrumented copy
+    return base
 
 
 def _compile_kwargs(model: keras.Model) -> dict[str, Any]:
@@ -206,7 +318,11 @@ def _compile_kwargs(model: keras.Model) -> dict[str, Any]:
     return kwargs
 
 
-def _loss_scale(optimizer: Any) -> float | None:
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) and optimizer.built:
-        return float(np.asarray(keras.ops.convert_to_numpy(optimizer.dynamic_scale)))
+def _loss_scale(scaler: Any) -> float | None:
+    if scaler is not None and scaler.built:
+        return float(np.asarray(keras.ops.convert_to_numpy(scaler.dynamic_scale.value)))
     return None
+
+
+def _read_int(variable: Any) -> int:
+    return 0 if variable is None else int(keras.ops.convert_to_numpy(variable.value))

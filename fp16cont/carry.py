@@ -1,0 +1,113 @@
+"""Carry a float32 model's optimizer state over to its 16-bit copy.
+
+Momentum, Adam moments and the iteration count of the source's optimizer are
+cast with the same audit as the weights and loaded into the 16-bit model's
+optimizer (its learning rate stays the one chosen for continued training).
+
+Example:
+    >>> report = carry_optimizer_state(model32, model16)  # doctest: +SKIP
+    >>> report.ok  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+
+from fp16cont.errors import InvalidArgumentError, WeightMismatchError
+from fp16cont.numerics import facts, is_low_float
+from fp16cont.quantize import audit_cast
+from fp16cont.reports import QuantizationReport, VariableAudit
+
+__all__ = ["innermost_optimizer", "carry_optimizer_state"]
+
+
+def innermost_optimizer(optimizer: Any) -> Any:
+    """The optimizer at the bottom of a chain of wrappers.
+
+    Args:
+        optimizer: An optimizer, possibly wrapped (loss scaling, compensation).
+
+    Returns:
+        The innermost optimizer.
+    """
+    while getattr(optimizer, "inner_optimizer", None) is not None:
+        optimizer = optimizer.inner_optimizer
+    return optimizer
+
+
+def carry_optimizer_state(source: keras.Model, target: keras.Model) -> QuantizationReport:
+    """Copy the source optimizer's state into the target's, cast and audited.
+
+    Args:
+        source: The float32 model, compiled with an optimizer that has state.
+        target: The 16-bit copy, compiled with an optimizer of the same class
+            (wrappers such as loss scaling or compensation are fine).
+
+    Returns:
+        A :class:`QuantizationReport` of the cast optimizer variables
+        (overflowing values are saturated).
+
+    Raises:
+        InvalidArgumentError: If either model is uncompiled, the source
+            optimizer has no state yet, or the optimizer classes differ.
+        WeightMismatchError: If the optimizer variables do not correspond.
+    """
+    src = innermost_optimizer(getattr(source, "optimizer", None))
+    dst_outer = getattr(target, "optimizer", None)
+    dst = innermost_optimizer(dst_outer)
+    if src is None or dst is None or not src.built:
+        raise InvalidArgumentError(
+            "Optimizer state can only be carried over from a compiled, trained source model to a "
+            "compiled target. Fix: train the float32 model with model.fit (or load it from a .keras "
+            "file saved after training), and pass it as initial_optimizer_state=model32."
+        )
+    if type(src) is not type(dst):
+        raise InvalidArgumentError(
+            f"The source optimizer is {type(src).__name__} but the target's is {type(dst).__name__}. "
+            f"Fix: continue with the same optimizer class, e.g. optimizer=keras.optimizers.{type(src).__name__}(...)."
+        )
+    if not dst_outer.built:
+        dst_outer.build(target.trainable_variables)
+    pairs = [(s, d) for s, d in zip(src.variables, dst.variables) if not _is_learning_rate(d)]
+    if len(src.variables) != len(dst.variables) or any(tuple(s.shape) != tuple(d.shape) for s, d in pairs):
+        raise WeightMismatchError(
+            f"The source optimizer has {len(src.variables)} variables and the target's "
+            f"{len(dst.variables)} with other shapes: the models differ. Fix: carry state only "
+            "between a model and its build_fp16_model copy."
+        )
+    return _copy(pairs)
+
+
+def _copy(pairs: list[tuple[Any, Any]]) -> QuantizationReport:
+    audits = []
+    before = after = 0
+    for s, d in pairs:
+        value = np.array(keras.ops.convert_to_numpy(s.value))
+        base = dict(path=d.path, shape=tuple(value.shape), source_dtype=value.dtype.name, count=int(value.size))
+        if is_low_float(d.dtype):
+            rounded, counts = audit_cast(np.clip(value, -_limit(d.dtype), _limit(d.dtype)), str(d.dtype))
+            counts["overflow"] = int(np.count_nonzero(np.abs(value) > _limit(d.dtype)))
+            audits.append(VariableAudit(target_dtype=str(d.dtype), **base, **counts))
+            d.assign(rounded)
+            after += rounded.nbytes
+        else:
+            audits.append(VariableAudit(target_dtype=str(d.dtype), passed_through=True, **base))
+            d.assign(value.astype(str(d.dtype)) if "float" in str(d.dtype) else value)
+            after += value.nbytes
+        before += value.nbytes
+    precision = next((a.target_dtype for a in audits if not a.passed_through), "float32")
+    return QuantizationReport(precision, "saturate", tuple(audits), before, after)
+
+
+def _limit(dtype: Any) -> float:
+    return facts(str(dtype)).max
+
+
+def _is_learning_rate(variable: Any) -> bool:
+    return str(variable.name).split("/")[-1] == "learning_rate"
+
+

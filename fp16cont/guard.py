@@ -1,0 +1,165 @@
+"""Survive NaN/Inf during training: roll back to the last good state.
+
+Example:
+    >>> guard = NonFiniteGuard(max_failures=3)
+    >>> guard.rollbacks
+    0
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+
+from fp16cont.errors import TrainingDivergedError
+from fp16cont.loss_scale import find_loss_scale
+
+__all__ = ["NonFiniteGuard", "GuardEvent"]
+
+
+@dataclass(frozen=True)
+class GuardEvent:
+    """One non-finite event the guard handled.
+
+    Attributes:
+        epoch: Zero-based epoch.
+        batch: Zero-based batch within the epoch (-1: found at the epoch's end,
+            when a NaN reached the weights but not the loss).
+        action: ``"rollback"`` (weights restored) or ``"skipped"`` (the loss
+            scale optimizer already skipped the step; weights were finite).
+        learning_rate: The learning rate after the event.
+        loss_scale: The loss scale after the event, when loss scaling is on.
+    """
+
+    epoch: int
+    batch: int
+    action: str
+    learning_rate: float | None
+    loss_scale: float | None
+
+
+class NonFiniteGuard(keras.callbacks.Callback):
+    """Detect NaN/Inf loss or weights, roll back, back off and continue.
+
+    The last good weights and optimizer state are kept in host memory (taken
+    at the start and every ``snapshot_every`` finite batches). On a non-finite
+    loss the guard restores them, halves the loss scale (when loss scaling is
+    on) or multiplies the learning rate by ``lr_factor``, resets the running
+    metrics and lets training continue. After ``max_failures`` rollbacks it
+    restores the last good state once more and raises
+    :class:`TrainingDivergedError`.
+
+    Args:
+        max_failures: Rollbacks tolerated before giving up.
+        lr_factor: Learning-rate multiplier after a rollback without loss scaling.
+        snapshot_every: Finite batches between snapshots.
+
+    Example:
+        >>> model.fit(x, y, callbacks=[NonFiniteGuard()])  # doctest: +SKIP
+    """
+
+    def __init__(self, max_failures: int = 3, lr_factor: float = 0.5, snapshot_every: int = 50) -> None:
+        super().__init__()
+        self.max_failures = max_failures
+        self.lr_factor = lr_factor
+        self.snapshot_every = snapshot_every
+        self.events: list[GuardEvent] = []
+        self._weights: list[np.ndarray] = []
+        self._optimizer: list[np.ndarray] = []
+        self._epoch = 0
+        self._since_snapshot = 0
+
+    @property
+    def rollbacks(self) -> int:
+        """Number of rollbacks so far."""
+        return sum(e.action == "rollback" for e in self.events)
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        optimizer = self.model.optimizer
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(self.model.trainable_variables)  # so the snapshot holds its state
+        self._snapshot()
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)):
+            self._handle(batch)
+            return
+        self._since_snapshot += 1
+        if self._since_snapshot >= self.snapshot_every:
+            self._snapshot_if_finite(batch)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._snapshot_if_finite(-1)
+
+    def _snapshot_if_finite(self, batch: int) -> None:
+        if self._weights_finite():
+            self._snapshot()
+        else:
+            self._handle(batch)
+
+    def _snapshot(self) -> None:
+        self._weights = [np.array(v) for v in self.model.get_weights()]
+        optimizer = self.model.optimizer
+        self._optimizer = [_numpy(v) for v in optimizer.variables] if optimizer is not None and optimizer.built else []
+        self._since_snapshot = 0
+
+    def _weights_finite(self) -> bool:
+        return all(np.isfinite(w).all() for w in self.model.get_weights() if np.issubdtype(np.asarray(w).dtype, np.inexact) or str(np.asarray(w).dtype) == "bfloat16")
+
+    def _restore(self) -> None:
+        self.model.set_weights(self._weights)
+        optimizer = self.model.optimizer
+        for variable, value in zip(optimizer.variables if optimizer is not None else [], self._optimizer):
+            variable.assign(value)
+
+    def _handle(self, batch: int) -> None:
+        scaler = find_loss_scale(self.model.optimizer)
+        if scaler is not None and self._weights_finite():
+            action = "skipped"  # the loss scale optimizer skipped the step already
+        else:
+            action = "rollback"
+            if self.rollbacks >= self.max_failures:
+                self._restore()
+                self.model.stop_training = True
+                raise TrainingDivergedError(
+                    f"Training produced NaN/Inf {self.rollbacks + 1} times (epoch {self._epoch + 1}, "
+                    f"batch {batch + 1}); the model holds its last good weights. Fix: lower the "
+                    "learning rate, use precision='bfloat16' (wider range), keep unstable layers in "
+                    "float32 (keep_float32=...), or check the data for NaN/Inf."
+                )
+            self._restore()
+            self._back_off(scaler)
+        self.model.reset_metrics()
+        self.events.append(GuardEvent(self._epoch, batch, action, _learning_rate(self.model.optimizer), _scale(scaler)))
+
+    def _back_off(self, scaler: Any) -> None:
+        if scaler is not None:
+            scaler.dynamic_scale.assign(keras.ops.maximum(scaler.dynamic_scale * 0.5, getattr(scaler, "min_scale", 1.0)))
+            return
+        optimizer = self.model.optimizer
+        rate = optimizer.learning_rate
+        if isinstance(rate, keras.Variable):
+            rate.assign(rate * self.lr_factor)
+
+
+def _numpy(variable: Any) -> np.ndarray:
+    return np.array(keras.ops.convert_to_numpy(variable.value))
+
+
+def _learning_rate(optimizer: Any) -> float | None:
+    rate = getattr(optimizer, "learning_rate", None)
+    try:
+        return float(keras.ops.convert_to_numpy(rate))
+    except (TypeError, ValueError):
+        return None
+
+
+def _scale(scaler: Any) -> float | None:
+    return None if scaler is None else float(keras.ops.convert_to_numpy(scaler.dynamic_scale.value))

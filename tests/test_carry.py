@@ -1,0 +1,45 @@
+"""Optimizer state (momentum, moments, iterations) carries over from the float32 source."""
+
+import keras
+import numpy as np
+import pytest
+
+import fp16cont
+from fp16cont.carry import carry_optimizer_state, innermost_optimizer
+from fp16cont.errors import InvalidArgumentError
+from tests.conftest import snapshot
+
+
+def _trained(optimizer, digits):
+    (x, y), _ = digits
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"),
+                              keras.layers.Dense(10, activation="softmax")])
+    model.compile(optimizer, "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=1, batch_size=128, verbose=0)
+    return model
+
+
+@pytest.mark.parametrize("make", [lambda: keras.optimizers.SGD(0.01, momentum=0.9), lambda: keras.optimizers.Adam(1e-3)])
+def test_state_is_cast_and_loaded(make, digits):
+    (x, y), _ = digits
+    source = _trained(make(), digits)
+    before = snapshot(source)
+    model16 = fp16cont.build_fp16_model(source, precision="bfloat16")
+    result = fp16cont.continue_training(model16, x[:128], y[:128], epochs=1, initial_optimizer_state=source,
+                                        verbose=0)
+    report = result.optimizer_state
+    assert report is not None and report.ok
+    inner = innermost_optimizer(model16.optimizer)
+    assert int(inner.iterations.numpy()) == int(source.optimizer.iterations.numpy()) + 1
+    slots = [a for a in report.variables if not a.passed_through]
+    assert slots and all(a.max_rel_error <= 2.0**-8 for a in slots)
+    assert snapshot(source) == before
+
+
+def test_state_from_another_optimizer_class_is_refused(digits):
+    source = _trained(keras.optimizers.Adam(1e-3), digits)
+    model16 = fp16cont.build_fp16_model(source, precision="bfloat16")
+    model16.compile(keras.optimizers.SGD(0.01), "sparse_categorical_crossentropy")
+    with pytest.raises(InvalidArgumentError, match="Adam"):
+        carry_optimizer_state(source, model16)

@@ -1,0 +1,136 @@
+"""Compensated updates: plain 16-bit SGD stalls, Kahan and stochastic rounding track float32."""
+
+import keras
+import numpy as np
+import pytest
+
+import fp16cont
+from fp16cont.compensation import CompensatedOptimizer
+from fp16cont.errors import InvalidArgumentError
+
+STEPS = 300
+LR = 1e-4
+
+
+def _linear(units: int = 1) -> keras.Model:
+    model = keras.Sequential(
+        [keras.Input((1,)), keras.layers.Dense(units, use_bias=False, kernel_initializer="ones")], name="linear"
+    )
+    return model
+
+
+def _mean_output(y_true, y_pred):
+    return keras.ops.mean(y_pred)
+
+
+def _train(precision, compensation, units=1, momentum=0.0, steps=STEPS, seed=0):
+    """Constant gradient 0.1 per weight: each SGD step should move w by lr * 0.1 = 1e-5."""
+    source = _linear(units)
+    model = source if precision == "float32" else fp16cont.build_fp16_model(
+        source, precision=precision, keep_float32=None, verify=False
+    )
+    x = np.full((steps, 1), 0.1 * units, np.float32)  # d(mean(y))/dw = 0.1 for each of `units` outputs
+    y = np.zeros((steps, units), np.float32)
+    result = fp16cont.continue_training(
+        model, x, y, epochs=1, batch_size=1, optimizer=keras.optimizers.SGD(LR, momentum=momentum),
+        loss=_mean_output, compensation=compensation, loss_scaling=False, nan_guard=False, shuffle=False,
+        seed=seed, verbose=0,
+    )
+    return np.asarray(keras.ops.convert_to_numpy(model.weights[0].value), np.float64).ravel(), result
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_plain_float16_sgd_stalls_while_kahan_tracks_float32(momentum):
+    w32, _ = _train("float32", None, momentum=momentum)
+    w_plain, _ = _train("float16", None, momentum=momentum)
+    w_kahan, result = _train("float16", "kahan", momentum=momentum)
+    assert w32[0] < 1.0 - 2e-3  # float32 moved by about 300 * 1e-5
+    assert w_plain[0] == 1.0  # every one of the 300 updates was below half an ulp
+    # Kahan: within one float16 ulp (2**-11 just below 1.0) of the float32 trajectory
+    assert abs(w_kahan[0] - w32[0]) <= 2.0**-11
+    assert result.compensation == "kahan"
+
+
+def test_plain_bfloat16_stalls_while_stochastic_rounding_tracks_in_expectation():
+    units = 256
+    w32, _ = _train("float32", None, units=units)
+    w_plain, _ = _train("bfloat16", None, units=units)
+    w_sr, result = _train("bfloat16", "stochastic", units=units, seed=3)
+    moved = 1.0 - w32.mean()
+    assert moved > 2e-3
+    assert np.all(w_plain == 1.0)
+    # the mean over 256 independently rounded weights is within 15% of float32's step
+    assert abs((1.0 - w_sr.mean()) - moved) < 0.15 * moved
+    assert len(np.unique(w_sr)) > 1  # really random, not a fixed rounding
+    again, _ = _train("bfloat16", "stochastic", units=units, seed=3)
+    assert np.array_equal(again, w_sr)  # reproducible with the same seed
+
+
+def test_kahan_bfloat16_adam_moves_where_keras_adam_does_not():
+    # Keras computes Adam's bias correction in the variable dtype: in bfloat16,
+    # beta_2 = 0.999 rounds to 1.0 and the step size becomes exactly zero.
+    source = _linear(4)
+    x = np.ones((64, 1), np.float32)
+    y = np.zeros((64, 4), np.float32)
+    results = {}
+    for compensation in (None, "kahan"):
+        model = fp16cont.build_fp16_model(source, precision="bfloat16", keep_float32=None, verify=False)
+        fp16cont.continue_training(model, x, y, batch_size=8, optimizer=keras.optimizers.Adam(1e-3), loss=_mean_output,
+                                   compensation=compensation, nan_guard=False, verbose=0)
+        results[compensation] = np.asarray(keras.ops.convert_to_numpy(model.weights[0].value), np.float64)
+    assert np.all(results[None] == 1.0)
+    assert np.all(results["kahan"] < 0.995)  # 8 Adam steps of about 1e-3 each
+
+
+def test_bytes_per_parameter_with_momentum_and_kahan_is_three_quarters_of_float32():
+    _, r32 = _train("float32", None, units=64, momentum=0.9, steps=4)
+    _, r16 = _train("bfloat16", "kahan", units=64, momentum=0.9, steps=4)
+    _, plain = _train("bfloat16", None, units=64, momentum=0.9, steps=4)
+    assert r32.weight_bytes + r32.optimizer_bytes > 0
+    params = 64
+    # weights 2 + momentum 2 + Kahan buffer 2 bytes against 4 + 4 (scalars aside)
+    assert r16.weight_bytes == 2 * params and plain.weight_bytes == 2 * params
+    slots16 = r16.optimizer_bytes - plain.optimizer_bytes
+    assert slots16 >= 2 * params
+    ratio = (r16.weight_bytes + 4 * params) / (r32.weight_bytes + 4 * params)
+    assert ratio == pytest.approx(0.75)
+    assert plain.weight_bytes + 2 * params == 0.5 * (r32.weight_bytes + 4 * params)
+
+
+def test_float32_slots_on_request_and_safe_epsilon_for_float16():
+    var = keras.Variable(np.ones(3, np.float32), dtype="float16")
+    opt = CompensatedOptimizer(keras.optimizers.Adam(1e-3), "kahan", slot_dtype="float32")
+    opt.build([var])
+    assert {str(v.dtype) for v in opt.inner_optimizer.variables if len(v.shape)} == {"float32"}
+    auto = CompensatedOptimizer(keras.optimizers.Adam(1e-3), "kahan")
+    auto.build([keras.Variable(np.ones(3, np.float32), dtype="float16")])
+    assert auto.inner_optimizer.epsilon == pytest.approx(2.0**-14)
+    assert "epsilon raised" in auto.adjustments[0]
+
+
+def test_compensated_optimizer_plugs_into_plain_compile(digits):
+    (x, y), _ = digits
+    keras.utils.set_random_seed(0)
+    source = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10, activation="softmax")])
+    reference = fp16cont.build_fp16_model(source, precision="bfloat16", mode="mixed", verify=False)
+    model = fp16cont.build_fp16_model(source, precision="bfloat16", keep_float32=None, verify=False)
+    accuracy = {}
+    for name, m, opt in [("float32", reference, keras.optimizers.SGD(0.1)),
+                         ("bf16", model, CompensatedOptimizer(keras.optimizers.SGD(0.1), "kahan"))]:
+        m.compile(opt, "sparse_categorical_crossentropy", metrics=["accuracy"])
+        accuracy[name] = m.fit(x, y, epochs=3, batch_size=64, shuffle=False, verbose=0).history["accuracy"][-1]
+    assert accuracy["bf16"] > 0.7
+    assert abs(accuracy["bf16"] - accuracy["float32"]) < 0.03
+    assert model.weights[0].dtype == "bfloat16"
+
+
+@pytest.mark.parametrize("kwargs", [{"compensation": "fancy"}, {"slot_dtype": "float64"}])
+def test_bad_compensation_settings(kwargs):
+    with pytest.raises(InvalidArgumentError, match="Received"):
+        CompensatedOptimizer(keras.optimizers.SGD(0.01), **kwargs)
+
+
+def test_stochastic_rounding_refuses_float16_weights():
+    opt = CompensatedOptimizer(keras.optimizers.SGD(0.01), "stochastic")
+    with pytest.raises(InvalidArgumentError, match="kahan"):
+        opt.build([keras.Variable(np.ones(2, np.float32), dtype="float16")])

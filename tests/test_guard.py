@@ -1,0 +1,43 @@
+"""The NaN guard survives a poisoned batch and gives up with the last good model."""
+
+import keras
+import numpy as np
+import pytest
+
+import fp16cont
+from fp16cont.errors import TrainingDivergedError
+
+
+def _model():
+    keras.utils.set_random_seed(0)
+    source = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="tanh"),
+                               keras.layers.Dense(10, activation="softmax")])
+    return fp16cont.build_fp16_model(source, precision="bfloat16", verify=False)
+
+
+def test_poisoned_batch_is_rolled_back_and_training_goes_on(digits):
+    (x, y), (xt, yt) = digits
+    x = x.copy()
+    x[128:256] = np.nan  # the second batch of every epoch is poisoned
+    model = _model()
+    before = float(np.mean(model.predict(xt, verbose=0).argmax(-1) == yt))
+    result = fp16cont.continue_training(model, x, y, epochs=3, shuffle=False, loss="sparse_categorical_crossentropy",
+                                        optimizer=keras.optimizers.SGD(0.2), metrics=["accuracy"], verbose=0)
+    assert result.rollbacks == 3
+    assert [e.action for e in result.guard_events] == ["rollback"] * 3
+    assert result.guard_events[0].learning_rate == pytest.approx(0.1)  # halved from 0.2
+    assert all(np.isfinite(np.asarray(w, np.float32)).all() for w in model.get_weights())
+    assert np.isfinite(result.history.history["loss"]).all()
+    after = float(np.mean(model.predict(xt, verbose=0).argmax(-1) == yt))
+    assert after > before + 0.2
+
+
+def test_too_many_failures_raise_with_last_good_weights_kept(digits):
+    (x, y), _ = digits
+    model = _model()
+    good = [np.array(w) for w in model.get_weights()]
+    with pytest.raises(TrainingDivergedError, match="last good"):
+        fp16cont.continue_training(model, np.full_like(x, np.nan), y, epochs=1, loss="sparse_categorical_crossentropy",
+                                   nan_guard=2, verbose=0)
+    for before, after in zip(good, model.get_weights()):
+        assert np.array_equal(np.asarray(before, np.float32), np.asarray(after, np.float32))
