@@ -99,7 +99,7 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
         self.seed = seed
         self.slot_dtype = slot_dtype
         self.adjustments: list[str] = []
-        self._proxies: dict[int, Any] = {}
+        self._proxies = _ProxyTable()  # not a dict: Keras would track the variables put in it
         self._instrument(inner_optimizer)
 
     # -- building ---------------------------------------------------------
@@ -118,9 +118,9 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
             self.add_variable_from_reference(v, name="kahan") if is_low and self.compensation == "kahan" else None
             for v, is_low in zip(var_list, low)
         ]
-        self._intended = [self._counter(v, "intended") for v in var_list]
-        self._cancelled = [self._counter(v, "cancelled") for v in var_list]
-        self._lost = [self._counter(v, "lost") for v in var_list]
+        self._intended = [self._counter(v, "intended") if is_low else None for v, is_low in zip(var_list, low)]
+        self._cancelled = [self._counter(v, "cancelled") if is_low else None for v, is_low in zip(var_list, low)]
+        self._lost = [self._counter(v, "lost") if is_low else None for v, is_low in zip(var_list, low)]
         self._seed_generator = keras.random.SeedGenerator(self.seed) if self.compensation == "stochastic" else None
         self._make_epsilon_safe(var_list)
         self.inner_optimizer.build(var_list)
@@ -193,7 +193,7 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
         """
         if not self.built:
             return []
-        read = lambda v: int(round(float(ops.convert_to_numpy(v.value))))  # noqa: E731
+        read = lambda v: 0 if v is None else int(round(float(ops.convert_to_numpy(v.value))))  # noqa: E731
         return [
             (p, read(i), read(c), read(lo))
             for p, i, c, lo in zip(self._paths, self._intended, self._cancelled, self._lost)
@@ -250,21 +250,21 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
         wrapper = self
 
         def get_index(variable: Any) -> Any:
-            return wrapper._original_index(wrapper._proxies.get(id(variable), (variable,))[0])
+            return wrapper._original_index(wrapper._proxies.entries.get(id(variable), (variable,))[0])
 
         def update_step(gradient: Any, variable: Any, learning_rate: Any) -> Any:
             if not is_low_float(variable.dtype):
                 return cls.update_step(inner, gradient, variable, learning_rate)
             proxy = wrapper._proxy(variable)
-            wrapper._proxies[id(proxy)] = (variable, proxy)
+            wrapper._proxies.entries[id(proxy)] = (variable, proxy)
             try:
                 return cls.update_step(inner, _dense_float32(gradient), proxy, ops.cast(learning_rate, "float32"))
             finally:
-                wrapper._proxies.pop(id(proxy), None)
+                wrapper._proxies.entries.pop(id(proxy), None)
 
         def writer(combine: Callable[[Any, Any], Any], original: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
             def write(variable: Any, value: Any) -> Any:
-                entry = wrapper._proxies.get(id(variable))
+                entry = wrapper._proxies.entries.get(id(variable))
                 if entry is None:
                     return original(variable, value)
                 real, proxy = entry
@@ -300,6 +300,13 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
         inner.assign_sub = writer(ops.subtract, cls.assign_sub.__get__(inner))
         inner.add_variable_from_reference = add_slot
         inner._apply_weight_decay = weight_decay
+
+
+class _ProxyTable:
+    """Float32 views of 16-bit variables during one update step, by ``id``."""
+
+    def __init__(self) -> None:
+        self.entries: dict[int, tuple[Any, Any]] = {}
 
 
 def find_compensated(optimizer: Any) -> CompensatedOptimizer | None:

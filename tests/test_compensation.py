@@ -82,19 +82,25 @@ def test_kahan_bfloat16_adam_moves_where_keras_adam_does_not():
     assert np.all(results["kahan"] < 0.995)  # 8 Adam steps of about 1e-3 each
 
 
+def _per_parameter_bytes(result):
+    """(weight + optimizer) bytes of the tensors with one value per parameter (scalars aside)."""
+    model = result.model
+    tensors = list(model.trainable_weights) + [v for v in model.optimizer.variables if len(v.shape)]
+    from fp16cont.rebuild import weight_bytes
+
+    return weight_bytes(tensors) / result.parameters
+
+
 def test_bytes_per_parameter_with_momentum_and_kahan_is_three_quarters_of_float32():
     _, r32 = _train("float32", None, units=64, momentum=0.9, steps=4)
     _, r16 = _train("bfloat16", "kahan", units=64, momentum=0.9, steps=4)
     _, plain = _train("bfloat16", None, units=64, momentum=0.9, steps=4)
-    assert r32.weight_bytes + r32.optimizer_bytes > 0
-    params = 64
-    # weights 2 + momentum 2 + Kahan buffer 2 bytes against 4 + 4 (scalars aside)
-    assert r16.weight_bytes == 2 * params and plain.weight_bytes == 2 * params
-    slots16 = r16.optimizer_bytes - plain.optimizer_bytes
-    assert slots16 >= 2 * params
-    ratio = (r16.weight_bytes + 4 * params) / (r32.weight_bytes + 4 * params)
-    assert ratio == pytest.approx(0.75)
-    assert plain.weight_bytes + 2 * params == 0.5 * (r32.weight_bytes + 4 * params)
+    assert _per_parameter_bytes(r32) == 8.0  # float32 weight + float32 momentum
+    assert _per_parameter_bytes(r16) == 6.0  # bfloat16 weight + momentum + Kahan buffer
+    assert _per_parameter_bytes(plain) == 4.0  # 0.5x float32
+    assert r16.weight_bytes == 2 * 64
+    # the few scalars (step counters, learning rates, statistics) stay negligible
+    assert r16.optimizer_bytes - 4 * 64 < 64
 
 
 def test_float32_slots_on_request_and_safe_epsilon_for_float16():

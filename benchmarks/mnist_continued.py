@@ -1,0 +1,156 @@
+"""Continued training on real MNIST: float32 vs plain 16-bit vs fp16cont vs Keras mixed.
+
+A small CNN is trained briefly in float32, then training continues from the
+same weights and data order as
+  (a) float32,
+  (b) the paper's plain pure 16-bit recipe (every layer 16-bit, Keras'
+      optimizer as is, no compensation),
+  (c) fp16cont pure 16-bit with Kahan-compensated updates,
+  (d) Keras mixed precision (float32 variables, 16-bit compute),
+  (e) fp16cont pure bfloat16 with stochastic rounding (bfloat16 only),
+for several seeds, and a table prints test accuracy (mean ± spread over
+seeds), weight + optimizer bytes and the share of updates rounding cancelled.
+
+Run:  python benchmarks/mnist_continued.py --data ../shared/data/mnist.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import fp16cont  # noqa: E402
+from fp16cont.architecture import clone_with_policies  # noqa: E402
+from fp16cont.stagnation import stagnation_audit  # noqa: E402
+from fp16cont.tables import render_table  # noqa: E402
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist.npz"
+
+
+def load(path: Path, train: int, test: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    with np.load(path) as d:
+        x, y, xt, yt = d["x_train"][:train], d["y_train"][:train], d["x_test"][:test], d["y_test"][:test]
+    scale = lambda a: (a.astype("float32") / 255.0)[..., None]  # noqa: E731
+    return (scale(x), y.astype("int32")), (scale(xt), yt.astype("int32"))
+
+
+def cnn() -> keras.Model:
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Conv2D(16, 3, activation="relu"),
+            keras.layers.BatchNormalization(),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(32, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ],
+        name="mnist_cnn",
+    )
+
+
+def variants(precision: str) -> list[tuple[str, dict, dict]]:
+    rows = [
+        ("(a) float32", {"float32": True}, {"compensation": None}),
+        (f"(b) plain pure {precision} (paper)", {"precision": precision, "keep_float32": None},
+         {"compensation": None, "loss_scaling": False}),
+        (f"(c) fp16cont pure {precision} + Kahan", {"precision": precision}, {"compensation": "kahan"}),
+        (f"(d) Keras mixed_{precision}", {"precision": precision, "mode": "mixed"}, {"compensation": None}),
+    ]
+    if precision == "bfloat16":
+        rows.append((f"(e) fp16cont pure {precision} + stochastic", {"precision": precision},
+                     {"compensation": "stochastic"}))
+    return rows
+
+
+def build(source: keras.Model, build_kwargs: dict) -> keras.Model:
+    if build_kwargs.get("float32"):
+        model = clone_with_policies(source, lambda layer: None)
+        model.set_weights(source.get_weights())
+        return model
+    return fp16cont.build_fp16_model(source, verify=False, **build_kwargs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MNIST .npz in keras layout")
+    parser.add_argument("--train-samples", type=int, default=20000)
+    parser.add_argument("--test-samples", type=int, default=10000)
+    parser.add_argument("--pretrain-epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--precision", default="auto", choices=("auto", "float16", "bfloat16"))
+    args = parser.parse_args()
+
+    precision = fp16cont.select_precision(args.precision).precision
+    (x, y), (xt, yt) = load(args.data, args.train_samples, args.test_samples)
+    print(f"MNIST {len(x)} train / {len(xt)} test, 16-bit format {precision}, device {fp16cont.detect_device().name}")
+    results: dict[str, list[tuple[float, int, float | None, float]]] = {}
+    for seed in args.seeds:
+        keras.utils.set_random_seed(seed)
+        source = cnn()
+        source.compile(keras.optimizers.SGD(args.lr, momentum=args.momentum), "sparse_categorical_crossentropy",
+                       metrics=["accuracy"])
+        source.fit(x, y, epochs=args.pretrain_epochs, batch_size=128, verbose=0)
+        start_acc = source.evaluate(xt, yt, verbose=0, return_dict=True)["accuracy"]
+        print(f"seed {seed}: float32 start accuracy {start_acc:.4f}")
+        for label, build_kwargs, train_kwargs in variants(precision):
+            model = build(source, build_kwargs)
+            keras.utils.set_random_seed(seed)
+            t0 = time.perf_counter()
+            result = fp16cont.continue_training(
+                model, x, y, epochs=args.epochs, batch_size=128, shuffle=True,
+                optimizer=keras.optimizers.SGD(args.lr, momentum=args.momentum), verbose=0, **train_kwargs,
+            )
+            wall = time.perf_counter() - t0
+            acc = model.evaluate(xt, yt, verbose=0, return_dict=True)["accuracy"]
+            stagnation = _stagnation(model, x, y, result, train_kwargs, args)
+            results.setdefault(label, []).append((acc, result.weight_bytes + result.optimizer_bytes, stagnation, wall))
+            print(f"  {label}: accuracy {acc:.4f}, {wall:.1f} s")
+    print()
+    print(table(results))
+
+
+def _stagnation(model, x, y, result, train_kwargs, args) -> float | None:  # type: ignore[no-untyped-def]
+    if result.precision not in ("float16", "bfloat16"):
+        return None
+    if train_kwargs.get("compensation") is None:  # plain: what round-to-nearest cancels on the next step
+        return stagnation_audit(model, x, y, optimizer=keras.optimizers.SGD(args.lr, momentum=args.momentum),
+                                loss="sparse_categorical_crossentropy", compensation="none").lost_share
+    return result.stagnation.lost_share if result.stagnation else None
+
+
+def table(results: dict[str, list[tuple[float, int, float | None, float]]]) -> str:
+    base_acc = float(np.mean([r[0] for r in next(iter(results.values()))]))
+    base_bytes = next(iter(results.values()))[0][1]
+    rows = []
+    for label, runs in results.items():
+        accs = np.array([r[0] for r in runs]) * 100
+        stag = [r[2] for r in runs if r[2] is not None]
+        rows.append([
+            label,
+            f"{accs.mean():.2f} ± {(accs.max() - accs.min()) / 2:.2f}",
+            f"{accs.mean() - base_acc * 100:+.2f}",
+            f"{runs[0][1]:,}",
+            f"{runs[0][1] / base_bytes:.3f}x",
+            "-" if not stag else f"{np.mean(stag):.1%}",
+            f"{np.mean([r[3] for r in runs]):.1f}",
+        ])
+    headers = ["variant", "test acc % (mean ± half-range)", "vs (a) pp", "weight+opt bytes", "vs (a)",
+               "updates lost", "train s"]
+    return render_table(headers, rows, markdown=True)
+
+
+if __name__ == "__main__":
+    main()
