@@ -27,7 +27,7 @@ from fp16cont.guard import NonFiniteGuard
 from fp16cont.loss_scale import DynamicLossScale, LossScaleMonitor, find_loss_scale
 from fp16cont.numerics import LOW_PRECISIONS
 from fp16cont.stagnation import StagnationMonitor
-from fp16cont.data import batch_rows, check_fit_args, is_array_like, samples_per_epoch
+from fp16cont.data import batch_rows, check_fit_args, check_fits_model, is_array_like, samples_per_epoch
 from fp16cont.errors import InvalidArgumentError, InvalidSourceError, MissingLossError
 from fp16cont.rebuild import float_precision, weight_bytes
 from fp16cont.reports import TrainingResult
@@ -138,6 +138,7 @@ def continue_training(
         loss_scale_options=dict(loss_scale_options or {}),
     )
     _compile_for_training(model, optimizer, loss, metrics, plan)
+    check_fits_model(model, x, y, _loss_name(model, loss), validation_data)
     state_report = carry_optimizer_state(initial_optimizer_state, model) if initial_optimizer_state is not None else None
     timer = EpochTimer()
     monitors: list[keras.callbacks.Callback] = [timer, StagnationMonitor()]
@@ -322,6 +323,13 @@ def _loss_scale(scaler: Any) -> float | None:
     if scaler is not None and scaler.built:
         return float(np.asarray(keras.ops.convert_to_numpy(scaler.dynamic_scale.value)))
     return None
+
+
+def _loss_name(model: keras.Model, loss: Any) -> Any:
+    if loss is not None:
+        return loss
+    config = model.get_compile_config() if getattr(model, "compiled", False) else {}
+    return (config or {}).get("loss")
 
 
 def _read_int(variable: Any) -> int:
