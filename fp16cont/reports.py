@@ -223,6 +223,8 @@ class TrainingResult:
         guard_events: What the NaN guard did, event by event.
         stagnation: Cancelled/lost updates of the last step, per layer.
         optimizer_state: Audit of the optimizer state carried over, if any.
+        initial_epoch: Epochs already done when this run started (resumed
+            from ``checkpoint_dir``).
     """
 
     model: Any = field(repr=False)
@@ -241,6 +243,7 @@ class TrainingResult:
     guard_events: tuple[Any, ...] = ()
     stagnation: Any = None
     optimizer_state: QuantizationReport | None = None
+    initial_epoch: int = 0
 
     @property
     def bytes_per_parameter(self) -> float:

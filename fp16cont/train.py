@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import numpy as np
 from fp16cont.architecture import check_built
 from fp16cont.callbacks import EpochTimer
 from fp16cont.carry import carry_optimizer_state, innermost_optimizer
+from fp16cont.checkpoint import TrainingCheckpoint, load_checkpoint
 from fp16cont.compensation import COMPENSATIONS, CompensatedOptimizer, Compensation, SlotDtype, find_compensated
 from fp16cont.guard import NonFiniteGuard
 from fp16cont.loss_scale import DynamicLossScale, LossScaleMonitor, find_loss_scale
@@ -59,6 +61,7 @@ def continue_training(
     loss_scale_options: dict[str, Any] | None = None,
     nan_guard: bool | int = True,
     initial_optimizer_state: keras.Model | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
     **fit_kwargs: Any,
 ) -> TrainingResult:
     """Train ``model`` further, like ``model.fit``, and report what happened.
@@ -103,6 +106,10 @@ def continue_training(
             ``False``.
         initial_optimizer_state: The float32 source model whose optimizer
             state (momentum, moments, iteration count) to start from.
+        checkpoint_dir: Save the model and optimizer state (loss scale, Kahan
+            buffers and random state included) there after every epoch,
+            atomically; a rerun with the same arguments resumes after the
+            last finished epoch.
         **fit_kwargs: Passed on to ``model.fit``.
 
     Returns:
@@ -140,6 +147,7 @@ def continue_training(
     _compile_for_training(model, optimizer, loss, metrics, plan)
     check_fits_model(model, x, y, _loss_name(model, loss), validation_data)
     state_report = carry_optimizer_state(initial_optimizer_state, model) if initial_optimizer_state is not None else None
+    resumed = load_checkpoint(model, checkpoint_dir) if checkpoint_dir is not None else None
     timer = EpochTimer()
     monitors: list[keras.callbacks.Callback] = [timer, StagnationMonitor()]
     guard = NonFiniteGuard(max_failures=3 if nan_guard is True else int(nan_guard)) if nan_guard else None
@@ -147,7 +155,11 @@ def continue_training(
         monitors.append(guard)
     if plan.loss_scaling:
         monitors.append(LossScaleMonitor())
+    if checkpoint_dir is not None:
+        monitors.append(TrainingCheckpoint(checkpoint_dir))
     fit_args: dict[str, Any] = dict(fit_kwargs)
+    if resumed is not None:
+        fit_args["initial_epoch"] = min(resumed, epochs)
     if is_array_like(x):
         fit_args["batch_size"] = batch_size
     start = time.perf_counter()
@@ -184,6 +196,7 @@ def continue_training(
         guard_events=tuple(guard.events) if guard is not None else (),
         stagnation=monitors[1].reports[-1] if monitors[1].reports else None,
         optimizer_state=state_report,
+        initial_epoch=fit_args.get("initial_epoch", 0),
     )
 
 
