@@ -21,6 +21,7 @@ from fp16cont.errors import InvalidArgumentError, WeightMismatchError
 from fp16cont.numerics import facts, is_low_float
 from fp16cont.quantize import audit_cast
 from fp16cont.reports import QuantizationReport, VariableAudit
+from fp16cont.sources import to_numpy
 
 __all__ = ["innermost_optimizer", "carry_optimizer_state"]
 
@@ -86,7 +87,7 @@ def _copy(pairs: list[tuple[Any, Any]]) -> QuantizationReport:
     audits = []
     before = after = 0
     for s, d in pairs:
-        value = np.array(keras.ops.convert_to_numpy(s.value))
+        value = to_numpy(s)
         base = dict(path=d.path, shape=tuple(value.shape), source_dtype=value.dtype.name, count=int(value.size))
         if is_low_float(d.dtype):
             rounded, counts = audit_cast(np.clip(value, -_limit(d.dtype), _limit(d.dtype)), str(d.dtype))

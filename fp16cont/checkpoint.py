@@ -23,6 +23,7 @@ import numpy as np
 
 from fp16cont.errors import InvalidSourceError, WeightMismatchError
 from fp16cont.numerics import is_low_float, numpy_dtype
+from fp16cont.sources import to_numpy
 
 __all__ = ["save_checkpoint", "load_checkpoint", "TrainingCheckpoint", "LATEST"]
 
@@ -112,7 +113,7 @@ def _save_optimizer(model: keras.Model, path: Path) -> None:
     optimizer = model.optimizer
     if optimizer is not None and not optimizer.built:
         optimizer.build(model.trainable_variables)
-    values = [np.array(keras.ops.convert_to_numpy(v.value)) for v in optimizer.variables] if optimizer else []
+    values = [to_numpy(v) for v in optimizer.variables] if optimizer else []
     arrays = {f"v{i}": (a.view(np.uint16) if is_low_float(a.dtype) else a) for i, a in enumerate(values)}
     dtypes = np.array([str(a.dtype) for a in values])
     with open(path, "wb") as f:

@@ -157,6 +157,9 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
             with keras.name_scope(self.name, caller=self):
                 self.build(trainable_variables)
             self.built = True
+        # One gradient dtype: the updates run in float32 anyway, and a
+        # distributed all-reduce cannot pack float32 and 16-bit tensors together.
+        grads = [g if g is None else ops.cast(_dense(g), "float32") for g in grads]
         self.inner_optimizer.apply(grads, trainable_variables)
 
     def finalize_variable_values(self, var_list: Sequence[Any]) -> None:
@@ -193,7 +196,7 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
         """
         if not self.built:
             return []
-        read = lambda v: 0 if v is None else int(round(float(ops.convert_to_numpy(v.value))))  # noqa: E731
+        read = lambda v: 0 if v is None else int(round(float(v.numpy())))  # noqa: E731
         return [
             (p, read(i), read(c), read(lo))
             for p, i, c, lo in zip(self._paths, self._intended, self._cancelled, self._lost)
@@ -329,8 +332,12 @@ def _count(mask: Any) -> Any:
     return ops.sum(ops.cast(mask, "float32"))
 
 
+def _dense(gradient: Any) -> Any:
+    return ops.convert_to_tensor(gradient)
+
+
 def _dense_float32(gradient: Any) -> Any:
-    return ops.cast(ops.convert_to_tensor(gradient), "float32")
+    return ops.cast(_dense(gradient), "float32")
 
 
 def _stochastic_bfloat16(x: Any, seed_generator: Any) -> Any:

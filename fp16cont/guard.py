@@ -16,6 +16,7 @@ import numpy as np
 
 from fp16cont.errors import TrainingDivergedError
 from fp16cont.loss_scale import find_loss_scale
+from fp16cont.sources import to_numpy
 
 __all__ = ["NonFiniteGuard", "GuardEvent"]
 
@@ -107,7 +108,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
     def _snapshot(self) -> None:
         self._weights = [np.array(v) for v in self.model.get_weights()]
         optimizer = self.model.optimizer
-        self._optimizer = [_numpy(v) for v in optimizer.variables] if optimizer is not None and optimizer.built else []
+        self._optimizer = [to_numpy(v) for v in optimizer.variables] if optimizer is not None and optimizer.built else []
         self._since_snapshot = 0
 
     def _weights_finite(self) -> bool:
@@ -149,10 +150,6 @@ class NonFiniteGuard(keras.callbacks.Callback):
             rate.assign(rate * self.lr_factor)
 
 
-def _numpy(variable: Any) -> np.ndarray:
-    return np.array(keras.ops.convert_to_numpy(variable.value))
-
-
 def _learning_rate(optimizer: Any) -> float | None:
     rate = getattr(optimizer, "learning_rate", None)
     try:
@@ -162,4 +159,4 @@ def _learning_rate(optimizer: Any) -> float | None:
 
 
 def _scale(scaler: Any) -> float | None:
-    return None if scaler is None else float(keras.ops.convert_to_numpy(scaler.dynamic_scale.value))
+    return None if scaler is None else float(to_numpy(scaler.dynamic_scale))

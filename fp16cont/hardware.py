@@ -25,7 +25,7 @@ import keras
 from fp16cont.errors import InvalidArgumentError, PerformanceWarning
 from fp16cont.numerics import LOW_PRECISIONS, LowPrecision
 
-__all__ = ["Device", "PrecisionChoice", "detect_device", "select_precision", "CPU_FLOAT16_REASON"]
+__all__ = ["Device", "PrecisionChoice", "detect_device", "select_precision", "CPU_FLOAT16_REASON", "collective_strategy_active"]
 
 CPU_FLOAT16_REASON = (
     "float16 has no fast kernels on CPUs: measured with TensorFlow 2.21, "
@@ -211,3 +211,21 @@ def _jax_accelerator() -> Device | None:
     raw = getattr(device, "compute_capability", None)
     capability = tuple(int(p) for p in str(raw).split(".")[:2]) if raw else None
     return Device(kind="gpu", name=str(device.device_kind), compute_capability=capability)
+
+
+def collective_strategy_active() -> bool:
+    """Whether a TensorFlow multi-worker (collective) strategy is in scope.
+
+    Its collective broadcast has no bfloat16 kernel, so bfloat16 variables
+    cannot be created under it.
+
+    Returns:
+        ``True`` inside ``tf.distribute.MultiWorkerMirroredStrategy().scope()``.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return tf.distribute.has_strategy() and isinstance(
+        tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy
+    )

@@ -136,7 +136,7 @@ class LossScaleMonitor(keras.callbacks.Callback):
         optimizer = self.model.optimizer
         if not isinstance(optimizer, DynamicLossScale) or not optimizer.built:
             return
-        hits = int(ops.convert_to_numpy(optimizer.floor_hits.value))
+        hits = int(optimizer.floor_hits.numpy())
         if hits >= self.patience:
             self.model.stop_training = True
             raise LossScaleFloorError(

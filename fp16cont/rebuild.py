@@ -25,7 +25,7 @@ from fp16cont.errors import (
     InvalidSourceError,
     WeightMismatchError,
 )
-from fp16cont.hardware import select_precision
+from fp16cont.hardware import collective_strategy_active, select_precision
 from fp16cont.numerics import is_low_float
 from fp16cont.policies import DEFAULT_ISLANDS, Island, Mode, policy_plan
 from fp16cont.quantize import QuantizedWeights, quantize_weights
@@ -101,6 +101,12 @@ def build_fp16_model(
         _check_weights(source, weights, precision)
         precision = weights.precision
     choice = select_precision(precision)
+    if choice.precision == "bfloat16" and collective_strategy_active():
+        raise InvalidArgumentError(
+            "TensorFlow's MultiWorkerMirroredStrategy cannot create bfloat16 variables (its "
+            "collective broadcast has no bfloat16 kernel). Fix: use precision='float16' for "
+            "multi-worker training (the fast format on NVIDIA GPUs), or MirroredStrategy on one host."
+        )
     if weights is None and mode == "pure":
         weights = quantize_weights(source, choice.precision)
     float32_paths = _kept_float32_paths(source, weights)

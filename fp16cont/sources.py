@@ -24,7 +24,7 @@ import numpy as np
 from fp16cont.architecture import check_built, clone_with_policies
 from fp16cont.errors import InvalidSourceError, WeightMismatchError
 
-__all__ = ["Source", "WeightSource", "load_model", "read_weights", "variable_arrays"]
+__all__ = ["Source", "WeightSource", "load_model", "read_weights", "variable_arrays", "to_numpy"]
 
 Source = Union[keras.Model, str, os.PathLike, Sequence[np.ndarray], Mapping[str, np.ndarray]]
 _MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -45,6 +45,18 @@ class WeightSource:
     model: keras.Model | None = None
 
 
+def to_numpy(variable: Any) -> np.ndarray:
+    """A host copy of a Keras variable's value (also for distributed variables).
+
+    Args:
+        variable: A Keras variable.
+
+    Returns:
+        A new numpy array.
+    """
+    return np.array(variable.numpy())
+
+
 def variable_arrays(model: keras.Model) -> tuple[np.ndarray, ...]:
     """The values of ``model.weights`` as numpy arrays (copies, never views).
 
@@ -54,7 +66,7 @@ def variable_arrays(model: keras.Model) -> tuple[np.ndarray, ...]:
     Returns:
         One array per variable, in ``model.weights`` order.
     """
-    return tuple(np.array(keras.ops.convert_to_numpy(v.value)) for v in model.weights)
+    return tuple(to_numpy(v) for v in model.weights)
 
 
 def load_model(path: str | os.PathLike[str]) -> keras.Model:

@@ -32,6 +32,7 @@ from fp16cont.stagnation import StagnationMonitor
 from fp16cont.data import batch_rows, check_fit_args, check_fits_model, is_array_like, samples_per_epoch
 from fp16cont.errors import InvalidArgumentError, InvalidSourceError, MissingLossError
 from fp16cont.rebuild import float_precision, weight_bytes
+from fp16cont.sources import to_numpy
 from fp16cont.reports import TrainingResult
 
 __all__ = ["continue_training", "DEFAULT_LEARNING_RATE", "resolve_optimizer", "OptimizerPlan"]
@@ -334,7 +335,7 @@ def _compile_kwargs(model: keras.Model) -> dict[str, Any]:
 
 def _loss_scale(scaler: Any) -> float | None:
     if scaler is not None and scaler.built:
-        return float(np.asarray(keras.ops.convert_to_numpy(scaler.dynamic_scale.value)))
+        return float(to_numpy(scaler.dynamic_scale))
     return None
 
 
@@ -346,4 +347,4 @@ def _loss_name(model: keras.Model, loss: Any) -> Any:
 
 
 def _read_int(variable: Any) -> int:
-    return 0 if variable is None else int(keras.ops.convert_to_numpy(variable.value))
+    return 0 if variable is None else int(to_numpy(variable))

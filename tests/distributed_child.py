@@ -1,0 +1,62 @@
+"""Child process for the distribution tests (TensorFlow's devices must be set before it starts)."""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+mode, out = sys.argv[1], sys.argv[2]
+if mode == "mirrored":
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import keras  # noqa: E402
+
+import fp16cont  # noqa: E402
+from fp16cont.demo import load_digits  # noqa: E402
+
+
+def strategy():
+    if mode == "mirrored":
+        return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    if mode == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def main() -> None:
+    (x, y), (xt, yt) = load_digits()
+    chosen = strategy()
+    keras.utils.set_random_seed(0)
+    with chosen.scope():
+        # no BatchNormalization: its batch statistics are per replica, which would change the math
+        source = keras.Sequential([keras.Input((64,)), keras.layers.Dense(64, activation="relu"),
+                                   keras.layers.Dense(10, activation="softmax")])
+        results = {}
+        for precision in ("bfloat16", "float16"):
+            try:
+                model = fp16cont.build_fp16_model(source, precision=precision, verify=False)
+            except fp16cont.InvalidArgumentError as err:
+                results[precision] = {"error": str(err)}
+                continue
+            result = fp16cont.continue_training(
+                model, x, y, epochs=3, batch_size=64, shuffle=False, optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                loss="sparse_categorical_crossentropy", metrics=["accuracy"], verbose=0,
+            )
+            probabilities = model.predict(xt, verbose=0)
+            results[precision] = {
+                "accuracy": float(np.mean(np.argmax(probabilities, -1) == yt)),
+                "loss_scale": result.loss_scale,
+                "weights": [np.asarray(w, np.float32).ravel().tolist() for w in model.get_weights()],
+                "replicas": int(chosen.num_replicas_in_sync),
+                "compensation": result.compensation,
+            }
+    with open(out, "w") as f:
+        json.dump(results, f)
+
+
+main()
