@@ -13,12 +13,15 @@ from fp16cont.errors import (
     Fp16ContError,
     InvalidArgumentError,
     InvalidSourceError,
+    LossScaleFloorError,
+    MissingDependencyError,
     MissingLossError,
     ModelNotBuiltError,
     NonFiniteOutputError,
     NonFiniteWeightsError,
     PerformanceWarning,
     RebuildError,
+    TrainingDivergedError,
     WeightMismatchError,
     WeightOverflowError,
 )
@@ -28,6 +31,17 @@ from fp16cont.quantize import QuantizedWeights, quantize_weights
 from fp16cont.rebuild import build_fp16_model
 from fp16cont.reports import BuildReport, QuantizationReport, TrainingResult, VariableAudit, Verification
 from fp16cont.train import continue_training
+from fp16cont.carry import carry_optimizer_state
+from fp16cont.checkpoint import load_checkpoint, save_checkpoint
+from fp16cont.compare import compare
+from fp16cont.compensation import CompensatedOptimizer
+from fp16cont.export import export_float32
+from fp16cont.guard import NonFiniteGuard
+from fp16cont.loss_scale import DynamicLossScale
+from fp16cont.stagnation import StagnationMonitor, StagnationReport, stagnation_audit
+from fp16cont.comparison import ComparisonReport, EpochRecord, RunRecord
+from fp16cont.datasets import load_dataset
+from fp16cont.models import mlp, resnet, resnet20, resnet32, resnet56
 
 __version__ = "0.1.0"
 
@@ -59,5 +73,28 @@ __all__ = [
     "MissingLossError",
     "DataError",
     "PerformanceWarning",
+    "compare",
+    "ComparisonReport",
+    "RunRecord",
+    "EpochRecord",
+    "load_dataset",
+    "resnet",
+    "resnet20",
+    "resnet32",
+    "resnet56",
+    "mlp",
+    "MissingDependencyError",
+    "CompensatedOptimizer",
+    "DynamicLossScale",
+    "NonFiniteGuard",
+    "StagnationMonitor",
+    "StagnationReport",
+    "stagnation_audit",
+    "carry_optimizer_state",
+    "export_float32",
+    "save_checkpoint",
+    "load_checkpoint",
+    "LossScaleFloorError",
+    "TrainingDivergedError",
     "__version__",
 ]

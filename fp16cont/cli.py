@@ -1,7 +1,8 @@
-"""Command line: ``python -m fp16cont demo`` and ``python -m fp16cont audit MODEL``.
+"""Command line: ``python -m fp16cont demo``, ``audit MODEL`` and ``compare MODEL --data ...``.
 
 Example:
     >>> main(["audit", "--help"])  # doctest: +SKIP
+    >>> main(["compare", "model.keras", "--data", "mnist.npz", "--epochs", "2", "--out", "results"])  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -9,8 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fp16cont.errors import Fp16ContError
+from fp16cont.errors import Fp16ContError, InvalidArgumentError
+
+if TYPE_CHECKING:
+    from fp16cont.comparison import ComparisonReport
 
 __all__ = ["main"]
 
@@ -50,7 +56,38 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--on-overflow", default="saturate", choices=("raise", "saturate", "keep_float32"))
     audit.add_argument("--markdown", action="store_true")
     audit.set_defaults(run=_run_audit)
+    compare = sub.add_parser(
+        "compare", help="continue training a saved float32 model in several precisions, side by side"
+    )
+    compare.add_argument("model", help="a .keras or .h5 model file (float32)")
+    compare.add_argument("--data", required=True, help="cifar10, mnist (downloaded through keras.datasets) or a .npz file")
+    compare.add_argument("--epochs", type=int, default=1)
+    compare.add_argument("--precisions", type=_names, default=("float32", "auto"),
+                         help="comma-separated: float32, auto, float16, bfloat16, mixed_float16, mixed_bfloat16")
+    compare.add_argument("--batch-size", type=int, default=128)
+    compare.add_argument("--limit", type=int, default=None, help="use the first N training and N test samples")
+    compare.add_argument("--seeds", type=_seeds, default=(0,), help="comma-separated seeds, one run per seed and precision")
+    compare.add_argument("--loss", default=None,
+                         help="loss for an uncompiled model (default: the model's, else sparse_categorical_crossentropy)")
+    compare.add_argument("--optimizer", default=None, help="optimizer name (default: the model's, else SGD(0.01))")
+    compare.add_argument("--out", type=Path, default=None, help="directory for comparison.md, comparison.json, comparison.png")
+    compare.add_argument("--no-warmup", dest="warmup", action="store_false",
+                         help="skip the unmeasured one-batch warm-up of each precision")
+    compare.add_argument("--verbose", default="auto", choices=("auto", "0", "1", "2"), help="Keras progress bar")
+    compare.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    compare.set_defaults(run=_run_compare)
     return parser
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in _names(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"seeds should be comma-separated integers, e.g. 0,1,2 ({err})") from err
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -70,3 +107,64 @@ def _run_audit(args: argparse.Namespace) -> int:
     q = quantize_weights(args.model, args.precision, on_overflow=args.on_overflow)
     print(q.report.summary(args.markdown))
     return 0 if q.report.ok else 1
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from fp16cont.compare import compare
+    from fp16cont.datasets import load_dataset
+    from fp16cont.sources import load_model
+
+    if args.out is not None:
+        _make_dir(args.out)
+    model = load_model(args.model)
+    (x, y), (xt, yt) = load_dataset(args.data, limit=args.limit)
+    compiled = getattr(model, "compiled", False) and (model.get_compile_config() or {}).get("loss")
+    loss = args.loss or (None if compiled else "sparse_categorical_crossentropy")
+    print(f"fp16cont compare: {model.name} on {args.data}: {len(x):,} training and {len(xt):,} validation samples")
+    report = compare(
+        model,
+        (x, y),
+        (xt, yt),
+        precisions=args.precisions,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seeds=args.seeds,
+        optimizer=args.optimizer,
+        loss=loss,
+        warmup=args.warmup,
+        verbose=args.verbose if args.verbose == "auto" else int(args.verbose),
+    )
+    print(report.table(args.markdown))
+    print(f"peak memory: {report.memory_measure}")
+    if args.out is not None:
+        _write_outputs(report, args.out)
+    return 0
+
+
+def _make_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InvalidArgumentError(
+            f"Argument `--out` should be a directory that can be created. Received: --out {str(out)!r} "
+            f"({type(err).__name__}: {err}). Fix: pass a new or existing directory, e.g. --out results."
+        ) from err
+
+
+def _write_outputs(report: ComparisonReport, out: Path) -> None:
+    from fp16cont.plotting import INSTALL_HINT, plot_available
+
+    (out / "comparison.md").write_text(
+        f"# {report.model_name}: continued training by precision\n\n{report.table(markdown=True)}\n\n"
+        f"Per epoch:\n\n{report.table(markdown=True, per_epoch=True)}\n\n"
+        f"Peak memory: {report.memory_measure}\n"
+    )
+    (out / "comparison.json").write_text(report.to_json() + "\n")
+    written = ["comparison.md", "comparison.json"]
+    can_plot = plot_available()
+    if can_plot:
+        report.plot(out / "comparison.png")
+        written.append("comparison.png")
+    print(f"wrote {', '.join(written)} to {out}")
+    if not can_plot:
+        print(f"no plot: matplotlib is not installed ({INSTALL_HINT})")

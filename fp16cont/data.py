@@ -47,7 +47,8 @@ def check_fit_args(x: Any, y: Any, batch_size: Any, epochs: Any) -> None:
     Raises:
         InvalidArgumentError: For ``epochs`` or ``batch_size`` that are not
             positive integers.
-        DataError: For empty arrays, or inputs and targets of different length.
+        DataError: For empty arrays, inputs and targets of different length, or
+            a ``batch_size`` larger than the number of samples.
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:

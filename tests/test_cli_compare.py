@@ -1,0 +1,87 @@
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import fp16cont
+from fp16cont.cli import main
+from fp16cont.plotting import plot_available
+
+
+@pytest.fixture(scope="module")
+def digits_npz(tmp_path_factory, digits):
+    """The real 8x8 digits as 8-bit images in the keras.datasets .npz layout."""
+    (x, y), (xt, yt) = digits
+    path = tmp_path_factory.mktemp("data") / "digits.npz"
+    to_pixels = lambda a: np.round(a.reshape(-1, 8, 8) * 255).astype(np.uint8)  # noqa: E731
+    np.savez(path, x_train=to_pixels(x[:400]), y_train=y[:400], x_test=to_pixels(xt[:120]), y_test=yt[:120])
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model_file(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10, activation="softmax"),
+        ],
+        name="tiny",
+    )
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    model.save(path)
+    return path
+
+
+def test_compare_command_prints_the_table_and_writes_the_files(tiny_model_file, digits_npz, tmp_path, capsys):
+    out = tmp_path / "results"
+    status = main(
+        ["compare", str(tiny_model_file), "--data", str(digits_npz), "--epochs", "2", "--precisions",
+         "float32,bfloat16", "--batch-size", "64", "--limit", "300", "--out", str(out), "--verbose", "0"]
+    )
+    printed = capsys.readouterr().out
+    assert status == 0
+    assert "300 training and 120 validation samples" in printed
+    table = [line for line in printed.splitlines() if line.startswith(("precision", "float32", "bfloat16"))]
+    assert [line.split()[0] for line in table] == ["precision", "float32", "bfloat16"]
+    markdown = (out / "comparison.md").read_text()
+    assert "| precision |" in markdown and "| bfloat16 |" in markdown and "Peak memory:" in markdown
+    data = json.loads((out / "comparison.json").read_text())
+    assert [r["precision"] for r in data["runs"]] == ["float32", "bfloat16"]
+    assert data["train_samples"] == 300 and len(data["runs"][0]["epochs"]) == 2
+    if plot_available():
+        assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    else:
+        assert not (out / "comparison.png").exists()
+        assert "no plot: matplotlib is not installed (pip install 'fp16cont[plot]'" in printed
+
+
+def test_data_that_does_not_fit_the_model_exits_2_naming_both_shapes(tmp_path, capsys):
+    model_path = tmp_path / "resnet8.keras"
+    fp16cont.resnet(8).save(model_path)  # CIFAR-shaped: 32x32x3
+    data_path = tmp_path / "mnist_like.npz"
+    images = np.zeros((4, 28, 28), np.uint8)
+    np.savez(data_path, x_train=images, y_train=np.zeros(4), x_test=images, y_test=np.zeros(4))
+    status = main(["compare", str(model_path), "--data", str(data_path), "--epochs", "1", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "DataError" in err and "(32, 32, 3)" in err and "(28, 28, 1)" in err
+
+
+def test_unknown_precision_and_missing_data_exit_2(tiny_model_file, digits_npz, tmp_path, capsys):
+    assert main(["compare", str(tiny_model_file), "--data", str(digits_npz), "--precisions", "float32,fp8"]) == 2
+    assert "InvalidArgumentError" in capsys.readouterr().err
+    assert main(["compare", str(tiny_model_file), "--data", str(tmp_path / "none.npz")]) == 2
+    assert "DataError" in capsys.readouterr().err
+
+
+def test_existing_subcommands_still_parse():
+    with pytest.raises(SystemExit) as done:
+        main(["compare", "--help"])
+    assert done.value.code == 0
+    with pytest.raises(SystemExit) as done:
+        main(["demo", "--help"])
+    assert done.value.code == 0
