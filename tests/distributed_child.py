@@ -6,10 +6,14 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+mode, out = sys.argv[1], sys.argv[2]
+if mode.startswith("jax"):
+    os.environ["KERAS_BACKEND"] = "jax"
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-mode, out = sys.argv[1], sys.argv[2]
 if mode == "mirrored":
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -25,11 +29,23 @@ def strategy():
         return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     if mode == "multiworker":
         return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()
+    if mode == "jax_dataparallel":
+        keras.distribution.set_distribution(keras.distribution.DataParallel())
+    return _NoStrategy()
+
+
+class _NoStrategy:
+    num_replicas_in_sync = 1
+
+    def scope(self):
+        import contextlib
+
+        return contextlib.nullcontext()
 
 
 def main() -> None:
     (x, y), (xt, yt) = load_digits()
+    x, y = x[:1408], y[:1408]  # whole batches of 64: a data-parallel batch splits evenly over the devices
     chosen = strategy()
     keras.utils.set_random_seed(0)
     with chosen.scope():
@@ -52,7 +68,8 @@ def main() -> None:
                 "accuracy": float(np.mean(np.argmax(probabilities, -1) == yt)),
                 "loss_scale": result.loss_scale,
                 "weights": [np.asarray(w, np.float32).ravel().tolist() for w in model.get_weights()],
-                "replicas": int(chosen.num_replicas_in_sync),
+                "replicas": int(chosen.num_replicas_in_sync) if mode != "jax_dataparallel" else len(
+                    keras.distribution.distribution().device_mesh.devices.ravel()),
                 "compensation": result.compensation,
             }
     with open(out, "w") as f:

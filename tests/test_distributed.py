@@ -84,3 +84,17 @@ def test_multi_worker_mirrored_strategy_two_local_workers_end_identical(tmp_path
     assert first["float16"]["loss_scale"] is not None
     # TensorFlow's collective broadcast has no bfloat16 kernel: a typed error names the fix
     assert "precision='float16'" in first["bfloat16"]["error"]
+
+
+def test_jax_data_parallel_over_two_host_devices_matches_one_device(tmp_path):
+    pytest.importorskip("jax", reason="the JAX backend is not installed (pip install jax)")
+    single_out, parallel_out = tmp_path / "jax_single.json", tmp_path / "jax_parallel.json"
+    _finish(_run("jax_single", single_out))
+    _finish(_run("jax_dataparallel", parallel_out))
+    one, two = json.loads(single_out.read_text()), json.loads(parallel_out.read_text())
+    for precision in ("bfloat16", "float16"):
+        assert two[precision]["replicas"] == 2 and two[precision]["compensation"] == "kahan"
+        assert two[precision]["accuracy"] > 0.7
+        assert abs(two[precision]["accuracy"] - one[precision]["accuracy"]) < 0.03
+        for a, b in zip(two[precision]["weights"], one[precision]["weights"]):
+            assert np.allclose(a, b, rtol=0.05, atol=0.02)
