@@ -112,7 +112,7 @@ def main() -> None:
             result = fp16cont.continue_training(
                 model, x, y, epochs=args.epochs, batch_size=128, shuffle=True,
                 optimizer=keras.optimizers.SGD(args.lr, momentum=args.momentum), loss="sparse_categorical_crossentropy",
-                metrics=["accuracy"], verbose=0, **train_kwargs,
+                metrics=["accuracy"], stagnation=train_kwargs.get("compensation") is not None, verbose=0, **train_kwargs,
             )
             wall = time.perf_counter() - t0
             acc = model.evaluate(xt, yt, verbose=0, return_dict=True)["accuracy"]

@@ -58,6 +58,9 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
         seed: Seed of the stochastic rounding, for reproducible runs.
         slot_dtype: ``"auto"`` keeps optimizer slots (momentum, Adam moments)
             in the variable's 16-bit dtype; ``"float32"`` keeps them in float32.
+        track_updates: Count, every step, the updates that rounding cancelled
+            or lost (for :mod:`fp16cont.stagnation`); costs three reductions
+            per variable and step, so it is off unless asked for.
         name: Optimizer name.
 
     Raises:
@@ -75,6 +78,7 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
         *,
         seed: int = 0,
         slot_dtype: SlotDtype = "auto",
+        track_updates: bool = False,
         name: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -98,6 +102,10 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
         self.compensation = compensation
         self.seed = seed
         self.slot_dtype = slot_dtype
+        self.track_updates = bool(track_updates)
+        self.fuse_updates = True
+        self._fused: Callable[..., Any] | None = None
+        self._fused_ids: list[int] = []
         self.adjustments: list[str] = []
         self._proxies = _ProxyTable()  # not a dict: Keras would track the variables put in it
         self._instrument(inner_optimizer)
@@ -118,9 +126,10 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
             self.add_variable_from_reference(v, name="kahan") if is_low and self.compensation == "kahan" else None
             for v, is_low in zip(var_list, low)
         ]
-        self._intended = [self._counter(v, "intended") if is_low else None for v, is_low in zip(var_list, low)]
-        self._cancelled = [self._counter(v, "cancelled") if is_low else None for v, is_low in zip(var_list, low)]
-        self._lost = [self._counter(v, "lost") if is_low else None for v, is_low in zip(var_list, low)]
+        tracked = [is_low and self.track_updates for is_low in low]
+        self._intended = [self._counter(v, "intended") if t else None for v, t in zip(var_list, tracked)]
+        self._cancelled = [self._counter(v, "cancelled") if t else None for v, t in zip(var_list, tracked)]
+        self._lost = [self._counter(v, "lost") if t else None for v, t in zip(var_list, tracked)]
         self._seed_generator = keras.random.SeedGenerator(self.seed) if self.compensation == "stochastic" else None
         self._make_epsilon_safe(var_list)
         self.inner_optimizer.build(var_list)
@@ -160,7 +169,28 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
         # One gradient dtype: the updates run in float32 anyway, and a
         # distributed all-reduce cannot pack float32 and 16-bit tensors together.
         grads = [g if g is None else ops.cast(_dense(g), "float32") for g in grads]
-        self.inner_optimizer.apply(grads, trainable_variables)
+        fused = self._fused_apply(trainable_variables)
+        if fused is not None:
+            fused(grads)
+        else:
+            self.inner_optimizer.apply(grads, trainable_variables)
+
+    def _fused_apply(self, trainable_variables: Sequence[Any] | None) -> Callable[..., Any] | None:
+        """On TensorFlow, the update as one XLA-fused function (``None`` elsewhere).
+
+        The variables are captured, not passed: they are the same every step.
+        """
+        if keras.backend.backend() != "tensorflow" or not self.fuse_updates:
+            return None
+        from fp16cont import _tensorflow
+
+        if not _tensorflow.single_device():
+            return None
+        variables = list(trainable_variables or self._trainable_variables)
+        if self._fused is None or [id(v) for v in variables] != self._fused_ids:
+            self._fused_ids = [id(v) for v in variables]
+            self._fused = _tensorflow.xla_function(lambda grads: self.inner_optimizer.apply(grads, variables))
+        return self._fused
 
     def finalize_variable_values(self, var_list: Sequence[Any]) -> None:
         self.inner_optimizer.finalize_variable_values(var_list)
@@ -175,6 +205,7 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
             "compensation": self.compensation,
             "seed": self.seed,
             "slot_dtype": self.slot_dtype,
+            "track_updates": self.track_updates,
         }
 
     @classmethod
@@ -217,23 +248,28 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
         """Store float32 ``target`` into 16-bit ``variable``; ``before`` is its float32 view."""
         index = self._index(variable)
         dtype = variable.dtype
-        old = ops.convert_to_tensor(variable)
+        old = ops.convert_to_tensor(variable) if self._intended[index] is not None else None
         if self.compensation == "stochastic":
             new = _stochastic_bfloat16(target, self._seed_generator)
         else:
             new = ops.cast(target, dtype)
-        new32 = ops.cast(new, "float32")
-        kept = new32
         buffer = self._buffers[index]
+        residual = None
         if buffer is not None:
-            residual = ops.cast(ops.subtract(target, new32), buffer.dtype)
+            residual = ops.cast(ops.subtract(target, ops.cast(new, "float32")), buffer.dtype)
             buffer.assign(residual)
-            kept = ops.add(new32, ops.cast(residual, "float32"))
+        if self._intended[index] is not None:
+            self._count_updates(index, old, new, residual, before, target)
+        variable.assign(new)
+
+    def _count_updates(self, index: int, old: Any, new: Any, residual: Any, before: Any, target: Any) -> None:
+        kept = ops.cast(new, "float32")
+        if residual is not None:
+            kept = ops.add(kept, ops.cast(residual, "float32"))
         moved = ops.not_equal(target, before)
         self._intended[index].assign(_count(moved))
         self._cancelled[index].assign(_count(ops.logical_and(moved, ops.equal(new, old))))
         self._lost[index].assign(_count(ops.logical_and(moved, ops.equal(kept, before))))
-        variable.assign(new)
 
     def _make_epsilon_safe(self, var_list: Sequence[Any]) -> None:
         slot_is_low = self.slot_dtype == "auto" and any(str(v.dtype) == "float16" for v in var_list)

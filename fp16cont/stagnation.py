@@ -91,10 +91,11 @@ def stagnation_report(optimizer: Any) -> StagnationReport | None:
         optimizer: The model's optimizer.
 
     Returns:
-        The report, or ``None`` when no compensated optimizer is in the chain.
+        The report, or ``None`` when no compensated optimizer with
+        ``track_updates=True`` is in the chain.
     """
     compensated = find_compensated(optimizer)
-    if compensated is None or not compensated.built:
+    if compensated is None or not compensated.built or not compensated.track_updates:
         return None
     layers: dict[str, list[int]] = {}
     for (path, intended, cancelled, lost), low in zip(compensated.update_counts(), compensated._low):
@@ -147,7 +148,7 @@ def stagnation_audit(
         raise InvalidArgumentError("stagnation_audit needs a loss. Fix: pass loss=..., e.g. 'sparse_categorical_crossentropy'.")
     clone = clone_with_policies(model, lambda layer: layer.dtype_policy.name)
     clone.set_weights(variable_arrays(model))
-    wrapped: Any = CompensatedOptimizer(fresh, compensation)
+    wrapped: Any = CompensatedOptimizer(fresh, compensation, track_updates=True)
     if any(str(v.dtype) == "float16" for v in clone.trainable_weights):
         wrapped = DynamicLossScale(wrapped)
     clone.compile(wrapped, keras.saving.deserialize_keras_object(loss) if isinstance(loss, dict) else loss)

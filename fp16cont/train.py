@@ -61,6 +61,7 @@ def continue_training(
     loss_scaling: LossScaling = "auto",
     loss_scale_options: dict[str, Any] | None = None,
     nan_guard: bool | int = True,
+    stagnation: bool = False,
     initial_optimizer_state: keras.Model | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     **fit_kwargs: Any,
@@ -105,6 +106,9 @@ def continue_training(
             ``dynamic_growth_steps``, ``min_scale``, ``max_scale``).
         nan_guard: ``True`` (3 rollbacks allowed), a number of rollbacks, or
             ``False``.
+        stagnation: Count the updates that rounding cancelled each step and
+            log ``cancelled_share`` / ``lost_share`` per epoch (costs three
+            reductions per variable and step; needs compensation).
         initial_optimizer_state: The float32 source model whose optimizer
             state (momentum, moments, iteration count) to start from.
         checkpoint_dir: Save the model and optimizer state (loss scale, Kahan
@@ -144,13 +148,15 @@ def continue_training(
         slot_dtype=slot_dtype,
         seed=seed,
         loss_scale_options=dict(loss_scale_options or {}),
+        track_updates=bool(stagnation),
     )
     _compile_for_training(model, optimizer, loss, metrics, plan)
     check_fits_model(model, x, y, _loss_name(model, loss), validation_data)
     state_report = carry_optimizer_state(initial_optimizer_state, model) if initial_optimizer_state is not None else None
     resumed = load_checkpoint(model, checkpoint_dir) if checkpoint_dir is not None else None
     timer = EpochTimer()
-    monitors: list[keras.callbacks.Callback] = [timer, StagnationMonitor()]
+    stagnation_monitor = StagnationMonitor()
+    monitors: list[keras.callbacks.Callback] = [timer, stagnation_monitor] if stagnation else [timer]
     guard = NonFiniteGuard(max_failures=3 if nan_guard is True else int(nan_guard)) if nan_guard else None
     if guard is not None:
         monitors.append(guard)
@@ -195,7 +201,7 @@ def continue_training(
         skipped_steps=_read_int(getattr(scaler, "skipped_steps", None)),
         rollbacks=guard.rollbacks if guard is not None else 0,
         guard_events=tuple(guard.events) if guard is not None else (),
-        stagnation=monitors[1].reports[-1] if monitors[1].reports else None,
+        stagnation=stagnation_monitor.reports[-1] if stagnation_monitor.reports else None,
         optimizer_state=state_report,
         initial_epoch=fit_args.get("initial_epoch", 0),
     )
@@ -240,6 +246,7 @@ class OptimizerPlan:
         slot_dtype: Optimizer slot dtype.
         seed: Stochastic-rounding seed.
         loss_scale_options: Keyword arguments of :class:`DynamicLossScale`.
+        track_updates: Count cancelled and lost updates each step.
     """
 
     compensation: str | None
@@ -247,14 +254,15 @@ class OptimizerPlan:
     slot_dtype: str = "auto"
     seed: int = 0
     loss_scale_options: dict[str, Any] = field(default_factory=dict)
+    track_updates: bool = False
 
     def matches(self, optimizer: Any) -> bool:
         """Whether a compiled optimizer chain already is what this plan builds."""
         compensated = find_compensated(optimizer)
         same_compensation = (compensated is None and self.compensation is None) or (
             compensated is not None
-            and (compensated.compensation, compensated.slot_dtype, compensated.seed)
-            == (self.compensation, self.slot_dtype, self.seed)
+            and (compensated.compensation, compensated.slot_dtype, compensated.seed, compensated.track_updates)
+            == (self.compensation, self.slot_dtype, self.seed, self.track_updates)
         )
         return same_compensation and (find_loss_scale(optimizer) is not None) == self.loss_scaling
 
@@ -262,7 +270,9 @@ class OptimizerPlan:
         """Wrap ``base`` as planned."""
         optimizer: keras.optimizers.Optimizer = base
         if self.compensation is not None:
-            optimizer = CompensatedOptimizer(optimizer, self.compensation, seed=self.seed, slot_dtype=self.slot_dtype)
+            optimizer = CompensatedOptimizer(
+                optimizer, self.compensation, seed=self.seed, slot_dtype=self.slot_dtype, track_updates=self.track_updates
+            )
         if self.loss_scaling:
             optimizer = DynamicLossScale(optimizer, **self.loss_scale_options)
         return optimizer

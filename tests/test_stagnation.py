@@ -32,7 +32,9 @@ def test_training_result_and_history_carry_stagnation(digits):
     source = keras.Sequential([keras.Input((64,)), keras.layers.Dense(16), keras.layers.Dense(10, activation="softmax")])
     model16 = fp16cont.build_fp16_model(source, precision="bfloat16")
     result = fp16cont.continue_training(model16, x, y, epochs=2, optimizer=keras.optimizers.SGD(1e-3),
-                                        loss="sparse_categorical_crossentropy", verbose=0)
+                                        loss="sparse_categorical_crossentropy", stagnation=True, verbose=0)
     assert len(result.history.history["cancelled_share"]) == 2
     assert 0.0 <= result.stagnation.lost_share <= result.stagnation.cancelled_share <= 1.0
     assert np.isfinite(result.history.history["lost_share"]).all()
+    quiet = fp16cont.continue_training(model16, x, y, epochs=1, verbose=0)  # off by default: nothing counted
+    assert quiet.stagnation is None and "cancelled_share" not in quiet.history.history
