@@ -67,7 +67,7 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> tuple[tuple[np.nda
     return (x[train], y[train]), (x[test], y[test])
 
 
-def digits_model(width: int = 512) -> keras.Model:
+def digits_model(width: int = 1024) -> keras.Model:
     """A Dense-heavy float32 classifier for the 64-pixel digits.
 
     Args:
