@@ -134,6 +134,10 @@ def quantize_weights(
 def audit_cast(x: np.ndarray, precision: str) -> tuple[np.ndarray, dict[str, Any]]:
     """Round ``x`` to ``precision`` and count what the rounding did.
 
+    Works in cache-sized chunks with a fast path for chunks that hold only
+    finite, in-range values, so the audit costs a few passes over memory
+    (``benchmarks/cast_speed.py`` measures it against a bare ``astype``).
+
     Args:
         x: A floating-point array.
         precision: ``"float16"`` or ``"bfloat16"``.
@@ -146,27 +150,61 @@ def audit_cast(x: np.ndarray, precision: str) -> tuple[np.ndarray, dict[str, Any
         >>> counts["flushed_to_zero"], counts["overflow"]
         (1, 1)
     """
-    f = facts(precision)
-    flat = np.ravel(x).astype(np.float32, copy=False)
-    with np.errstate(over="ignore"):
-        rounded = flat.astype(numpy_dtype(precision))
-    back = rounded.astype(np.float32)
-    finite_src = np.isfinite(flat)
+    flat = np.ravel(np.asarray(x, dtype=np.float32))
+    rounded = np.empty(flat.shape, dtype=numpy_dtype(precision))
+    totals = dict.fromkeys(("overflow", "flushed_to_zero", "subnormal", "nonfinite"), 0)
+    worst = {"max_abs_error": 0.0, "max_rel_error": 0.0}
+    normal = facts(precision).smallest_normal
+    for start in range(0, flat.size, _CHUNK):
+        part = flat[start : start + _CHUNK]
+        out = rounded[start : start + _CHUNK]
+        with np.errstate(over="ignore", invalid="ignore"):
+            np.copyto(out, part, casting="unsafe")
+            counts, errors = _audit_chunk(part, out.astype(np.float32), normal)
+        for key, value in counts.items():
+            totals[key] += value
+        for key, value in errors.items():
+            worst[key] = max(worst[key], value)
+    return rounded.reshape(np.shape(x)), {**totals, **worst}
+
+
+_CHUNK = 1 << 16  # 256 KiB of float32: the working set stays in the L2 cache
+
+
+def _audit_chunk(part: np.ndarray, back: np.ndarray, normal: float) -> tuple[dict[str, int], dict[str, float]]:
+    diff = np.subtract(back, part)
+    np.abs(diff, out=diff)
+    max_abs = float(diff.max(initial=0.0))
+    if not np.isfinite(max_abs):  # NaN/Inf in the source or overflow: the careful path
+        return _audit_chunk_nonfinite(part, back, normal)
+    magnitude = np.abs(part)
+    small = magnitude < normal  # a superset of the values that end below the smallest normal
+    counts = {"overflow": 0, "flushed_to_zero": 0, "subnormal": 0, "nonfinite": 0}
+    if small.any():
+        src, out = part[small], back[small]
+        counts["flushed_to_zero"] = int(np.count_nonzero((src != 0) & (out == 0)))
+        counts["subnormal"] = int(np.count_nonzero((out != 0) & (np.abs(out) < normal)))
+    np.maximum(magnitude, _TINY, out=magnitude)  # x == 0 rounds exactly: 0 / tiny == 0
+    np.divide(diff, magnitude, out=diff)
+    return counts, {"max_abs_error": max_abs, "max_rel_error": float(diff.max(initial=0.0))}
+
+
+_TINY = np.float32(np.finfo(np.float32).smallest_subnormal)
+
+
+def _audit_chunk_nonfinite(part: np.ndarray, back: np.ndarray, normal: float) -> tuple[dict[str, int], dict[str, float]]:
+    finite_src = np.isfinite(part)
     finite_out = np.isfinite(back)
     both = finite_src & finite_out
-    nonzero = flat != 0
-    abs_err = np.abs(back[both] - flat[both])
-    rel_mask = nonzero[both]
-    rel_err = abs_err[rel_mask] / np.abs(flat[both][rel_mask])
     counts = {
         "overflow": int(np.count_nonzero(finite_src & ~finite_out)),
-        "flushed_to_zero": int(np.count_nonzero(finite_src & nonzero & (back == 0))),
-        "subnormal": int(np.count_nonzero(finite_out & (back != 0) & (np.abs(back) < f.smallest_normal))),
-        "nonfinite": int(flat.size - np.count_nonzero(finite_src)),
-        "max_abs_error": float(abs_err.max(initial=0.0)),
-        "max_rel_error": float(rel_err.max(initial=0.0)),
+        "nonfinite": int(part.size - np.count_nonzero(finite_src)),
     }
-    return rounded.reshape(np.shape(x)), counts
+    src, out = part[both], back[both]
+    fine, errors = _audit_chunk(src, out, normal)
+    counts["flushed_to_zero"] = fine["flushed_to_zero"]
+    counts["subnormal"] = fine["subnormal"]
+    return counts, errors
 
 
 def _cast_one(path: str, x: np.ndarray, target: LowPrecision, on_overflow: str) -> tuple[np.ndarray, VariableAudit]:

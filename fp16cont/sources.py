@@ -167,6 +167,8 @@ def _existing_file(path: str | os.PathLike[str]) -> Path:
 
 
 def _as_array(value: Any, key: object) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value  # read only: never written to
     try:
         return np.array(keras.ops.convert_to_numpy(value))
     except Exception as err:
