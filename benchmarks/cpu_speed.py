@@ -1,0 +1,150 @@
+"""CPU training speed and memory: float32 vs fp16cont vs Keras mixed precision vs the paper's recipe.
+
+Every measurement runs in a fresh process (variants alternate, each repeated),
+and the table reports medians of steady-state images/s (the first, compiling
+epoch is excluded), the ratio to float32, weight + optimizer bytes and the
+peak growth of resident memory during training.
+
+Variants (TensorFlow backend, batch 128, SGD 0.01, synthetic data of the
+model's input shape: throughput does not depend on pixel values):
+  float32            plain Keras compile + fit
+  keras-mixed        plain Keras, global policy mixed_bfloat16 (set in the child process only)
+  paper              the paper's recipe: set_floatx(bfloat16), rebuild, cast weights, compile + fit
+  fp16cont           build_fp16_model + continue_training (auto precision, Kahan-compensated, XLA-fused update)
+  fp16cont-plain     the same with compensation=None
+  fp16cont-by-hand   the fp16cont model trained with hand-written compile + fit (overhead baseline)
+
+Run:  python benchmarks/cpu_speed.py --model resnet20 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+VARIANTS = ("float32", "keras-mixed", "paper", "fp16cont", "fp16cont-plain", "fp16cont-by-hand")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def child(model_name: str, variant: str, batch: int, steps: int, epochs: int) -> dict:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import time
+
+    import keras
+    import numpy as np
+
+    import fp16cont
+    from fp16cont.memory import peak_memory_growth, start_peak_memory
+    from fp16cont.rebuild import weight_bytes
+
+    build = {"resnet20": fp16cont.resnet20, "resnet56": fp16cont.resnet56, "mlp": lambda: fp16cont.mlp(784)}[model_name]
+    keras.utils.set_random_seed(0)
+    if variant == "keras-mixed":
+        keras.config.set_dtype_policy("mixed_bfloat16")
+    source = build()
+    shape = tuple(source.inputs[0].shape[1:])
+    rng = np.random.default_rng(0)
+    x = rng.random((batch * steps, *shape), dtype=np.float32)
+    y = rng.integers(0, 10, batch * steps)
+    loss = "sparse_categorical_crossentropy"
+    times: list[float] = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.start)
+
+    if variant == "paper":  # tf.cast the weights, set_floatx, rebuild the architecture, load
+        weights = source.get_weights()
+        keras.config.set_floatx("bfloat16")
+        model = build()
+        model.set_weights([w.astype(fp16cont.numerics.numpy_dtype("bfloat16")) for w in weights])
+    elif variant.startswith("fp16cont"):
+        model = fp16cont.build_fp16_model(source, precision="auto", verify=False)
+    else:
+        model = source
+    baseline = start_peak_memory()
+    if variant in ("fp16cont", "fp16cont-plain"):
+        result = fp16cont.continue_training(
+            model, x, y, epochs=epochs, batch_size=batch, loss=loss, verbose=0, nan_guard=False,
+            compensation="auto" if variant == "fp16cont" else None, callbacks=[Timer()],
+        )
+        optimizer_bytes = result.optimizer_bytes
+    else:
+        model.compile(keras.optimizers.SGD(0.01), loss)
+        model.fit(x, y, epochs=epochs, batch_size=batch, verbose=0, callbacks=[Timer()])
+        optimizer_bytes = weight_bytes(model.optimizer.variables)
+    peak = peak_memory_growth(baseline)
+    steady = times[1:] or times
+    return {
+        "images_per_s": batch * steps / statistics.median(steady),
+        "weight_bytes": weight_bytes(model.weights),
+        "optimizer_bytes": optimizer_bytes,
+        "peak_bytes": peak.bytes,
+        "memory_method": peak.method,
+        "precision": fp16cont.rebuild.float_precision(model),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="resnet20", choices=("resnet20", "resnet56", "mlp"))
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=30, help="batches per epoch")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per process (the first is excluded)")
+    parser.add_argument("--json", type=Path, help="write the raw measurements here")
+    parser.add_argument("--child", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child[0], args.child[1], args.batch, args.steps, args.epochs)))
+        return
+    variants = args.variants.split(",")
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    for repeat in range(args.repeats):
+        for variant in variants:  # alternate the variants within each repeat
+            cmd = [sys.executable, __file__, "--child", args.model, variant, "--batch", str(args.batch),
+                   "--steps", str(args.steps), "--epochs", str(args.epochs)]
+            env = {**os.environ, "PYTHONPATH": str(ROOT), "KERAS_BACKEND": "tensorflow"}
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
+            runs[variant].append(json.loads(out.strip().splitlines()[-1]))
+            print(f"repeat {repeat + 1}/{args.repeats} {variant}: {runs[variant][-1]['images_per_s']:.0f} img/s",
+                  flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(runs, indent=1))
+    print()
+    print(table(args.model, runs))
+
+
+def table(model: str, runs: dict[str, list[dict]]) -> str:
+    from fp16cont.tables import render_table
+
+    base = statistics.median(r["images_per_s"] for r in runs.get("float32", runs[next(iter(runs))]))
+    base_bytes = (runs.get("float32") or next(iter(runs.values())))[0]
+    base_mem = statistics.median(r["peak_bytes"] or 0 for r in runs.get("float32", [])) if "float32" in runs else None
+    rows = []
+    for variant, rs in runs.items():
+        speed = statistics.median(r["images_per_s"] for r in rs)
+        state = rs[0]["weight_bytes"] + rs[0]["optimizer_bytes"]
+        peak = statistics.median(r["peak_bytes"] or 0 for r in rs)
+        rows.append([
+            variant, rs[0]["precision"], f"{speed:,.0f}", f"{speed / base:.2f}x",
+            f"{min(r['images_per_s'] for r in rs):,.0f}-{max(r['images_per_s'] for r in rs):,.0f}",
+            f"{state:,}", f"{state / (base_bytes['weight_bytes'] + base_bytes['optimizer_bytes']):.3f}x",
+            f"{peak / 2**20:,.0f} MiB", f"{peak / base_mem:.2f}x" if base_mem else "-",
+        ])
+    headers = [f"{model} variant", "precision", "img/s (median)", "vs float32", "range", "weight+opt bytes",
+               "vs float32", "peak RSS growth", "vs float32"]
+    return render_table(headers, rows, markdown=True)
+
+
+if __name__ == "__main__":
+    main()
