@@ -64,6 +64,7 @@ def child(model_name: str, variant: str, batch: int, steps: int, epochs: int) ->
     if variant == "paper":  # tf.cast the weights, set_floatx, rebuild the architecture, load
         weights = source.get_weights()
         keras.config.set_floatx("bfloat16")
+        keras.config.set_dtype_policy("bfloat16")  # Keras 3 caches the policy made from floatx at first use
         model = build()
         model.set_weights([w.astype(fp16cont.numerics.numpy_dtype("bfloat16")) for w in weights])
     elif variant.startswith("fp16cont"):
