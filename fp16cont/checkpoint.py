@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +79,23 @@ def load_checkpoint(model: keras.Model, directory: str | os.PathLike[str]) -> in
     try:
         state = json.loads(latest.read_text())
         folder = Path(directory) / state["folder"]
-        model.load_weights(folder / "model.weights.h5")
+        weights = folder / "model.weights.h5"
+        if not weights.is_file():
+            raise OSError(f"{weights} is missing")
     except (OSError, ValueError, KeyError) as err:
         raise InvalidSourceError(
-            f"Cannot resume from {str(directory)!r}: {type(err).__name__}: {err}. Fix: pass the same "
-            "model and arguments as the run that wrote it, or a new checkpoint_dir to start afresh."
+            f"Cannot resume from {str(directory)!r}: {type(err).__name__}: {err}. Fix: pass a complete "
+            "checkpoint folder, or a new checkpoint_dir to start afresh."
+        ) from err
+    try:
+        with warnings.catch_warnings():
+            # the optimizer's state is restored from optimizer.npz just below
+            warnings.filterwarnings("ignore", message=".*Skipping variable loading for optimizer.*")
+            model.load_weights(weights)
+    except ValueError as err:
+        raise WeightMismatchError(
+            f"The checkpoint in {str(directory)!r} does not fit model {model.name!r}: {err}. Fix: resume "
+            "with the same model and arguments as the run that wrote it, or use a new checkpoint_dir."
         ) from err
     _load_optimizer(model, folder / "optimizer.npz")
     return int(state["epoch"])

@@ -29,6 +29,8 @@ __all__ = [
     "MissingLossError",
     "DataError",
     "MissingDependencyError",
+    "LossScaleFloorError",
+    "TrainingDivergedError",
     "PerformanceWarning",
 ]
 

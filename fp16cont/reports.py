@@ -208,7 +208,9 @@ class TrainingResult:
     Attributes:
         model: The trained model (the one passed in, trained in place).
         history: The ``keras.callbacks.History`` of the run.
-        precision: Floating-point format of the trainable variables.
+        precision: What most trainable parameters trained in: ``"float16"`` /
+            ``"bfloat16"`` (pure), ``"mixed_float16"`` / ``"mixed_bfloat16"``
+            (float32 variables, 16-bit compute) or ``"float32"``.
         wall_seconds: Wall time of the whole ``fit`` call.
         epoch_seconds: Wall time of each epoch (validation included).
         samples_per_second: Training samples per second of each epoch.

@@ -150,6 +150,8 @@ def continue_training(
         loss_scale_options=dict(loss_scale_options or {}),
         track_updates=bool(stagnation),
     )
+    if plan.loss_scaling and plan.loss_scale_options:
+        DynamicLossScale(keras.optimizers.SGD(), **plan.loss_scale_options)  # checks them before anything runs
     _compile_for_training(model, optimizer, loss, metrics, plan)
     check_fits_model(model, x, y, _loss_name(model, loss), validation_data)
     state_report = carry_optimizer_state(initial_optimizer_state, model) if initial_optimizer_state is not None else None
@@ -264,7 +266,12 @@ class OptimizerPlan:
             and (compensated.compensation, compensated.slot_dtype, compensated.seed, compensated.track_updates)
             == (self.compensation, self.slot_dtype, self.seed, self.track_updates)
         )
-        return same_compensation and (find_loss_scale(optimizer) is not None) == self.loss_scaling
+        scaler = find_loss_scale(optimizer)
+        if (scaler is not None) != self.loss_scaling:
+            return False
+        return same_compensation and all(
+            getattr(scaler, key, None) == value for key, value in self.loss_scale_options.items()
+        )
 
     def wrap(self, base: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
         """Wrap ``base`` as planned."""

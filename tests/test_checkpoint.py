@@ -85,3 +85,15 @@ def test_checkpoint_of_another_optimizer_is_refused(tmp_path, digits):
     other.compile(keras.optimizers.SGD(), "sparse_categorical_crossentropy")
     with pytest.raises(WeightMismatchError, match="same optimizer"):
         load_checkpoint(other, tmp_path)
+
+
+def test_checkpoint_of_another_architecture_is_a_weight_mismatch(tmp_path):
+    source = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10, activation="softmax")])
+    model = fp16cont.build_fp16_model(source, precision="bfloat16", verify=False)
+    model.compile(keras.optimizers.SGD(), "sparse_categorical_crossentropy")
+    save_checkpoint(model, tmp_path, 1)
+    wider = fp16cont.build_fp16_model(keras.Sequential([keras.Input((64,)), keras.layers.Dense(12)]),
+                                      precision="bfloat16", verify=False)
+    wider.compile(keras.optimizers.SGD(), "mse")
+    with pytest.raises(WeightMismatchError, match="same model"):
+        load_checkpoint(wider, tmp_path)

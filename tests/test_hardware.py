@@ -52,3 +52,13 @@ def test_detect_device_on_this_backend():
     assert device.kind in ("cpu", "gpu", "tpu")
     if keras.backend.backend() == "tensorflow" and device.kind == "cpu":
         assert isinstance(device.cpu_bf16, bool)
+
+
+def test_every_error_class_is_exported():
+    import fp16cont
+    from fp16cont import errors
+
+    classes = {n for n, v in vars(errors).items() if isinstance(v, type) and issubclass(v, (Exception, Warning))
+               and v.__module__ == errors.__name__}
+    assert classes == set(errors.__all__)
+    assert classes <= set(fp16cont.__all__)

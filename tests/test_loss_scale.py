@@ -94,3 +94,14 @@ def test_skipped_steps_reported_in_training_result(digits):
 def test_bad_loss_scale_settings(kwargs):
     with pytest.raises(InvalidArgumentError, match="min_scale"):
         DynamicLossScale(keras.optimizers.SGD(0.01), **kwargs)
+
+
+def test_new_loss_scale_options_take_effect_on_a_second_call(digits):
+    (x, y), _ = digits
+    model = _fresh_float16()
+    fp16cont.continue_training(model, x[:256], y[:256], batch_size=64, loss="sparse_categorical_crossentropy", verbose=0)
+    options = {"initial_scale": 4.0, "min_scale": 2.0, "max_scale": 8.0, "dynamic_growth_steps": 7}
+    fp16cont.continue_training(model, x[:256], y[:256], batch_size=64, loss_scale_options=options, verbose=0)
+    assert (model.optimizer.initial_scale, model.optimizer.min_scale, model.optimizer.max_scale) == (4.0, 2.0, 8.0)
+    with pytest.raises(InvalidArgumentError, match="min_scale"):
+        fp16cont.continue_training(model, x[:256], y[:256], loss_scale_options={"initial_scale": 0.5}, verbose=0)
