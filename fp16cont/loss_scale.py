@@ -120,19 +120,33 @@ def find_loss_scale(optimizer: Any) -> keras.optimizers.LossScaleOptimizer | Non
 class LossScaleMonitor(keras.callbacks.Callback):
     """Stop with :class:`LossScaleFloorError` when the scale is stuck at its floor.
 
+    The optimizer's counter is read every ``check_every`` batches and at the
+    end of each epoch only: reading it makes Keras' JAX trainer copy the whole
+    training state back to the model, which would cost a step's time if done
+    after every batch.
+
     Args:
         patience: Consecutive non-finite steps at the floor that are tolerated.
+        check_every: Batches between two reads of the counter.
 
     Example:
         >>> LossScaleMonitor(patience=10).patience
         10
     """
 
-    def __init__(self, patience: int = 20) -> None:
+    def __init__(self, patience: int = 20, check_every: int = 50) -> None:
         super().__init__()
         self.patience = patience
+        self.check_every = check_every
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if (batch + 1) % self.check_every == 0:
+            self._check()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._check()
+
+    def _check(self) -> None:
         optimizer = self.model.optimizer
         if not isinstance(optimizer, DynamicLossScale) or not optimizer.built:
             return

@@ -60,7 +60,7 @@ def continue_training(
     seed: int = 0,
     loss_scaling: LossScaling = "auto",
     loss_scale_options: dict[str, Any] | None = None,
-    nan_guard: bool | int = True,
+    nan_guard: bool | int | NonFiniteGuard = True,
     stagnation: bool = False,
     initial_optimizer_state: keras.Model | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
@@ -104,8 +104,8 @@ def continue_training(
         loss_scale_options: Keyword arguments of
             :class:`~fp16cont.loss_scale.DynamicLossScale` (``initial_scale``,
             ``dynamic_growth_steps``, ``min_scale``, ``max_scale``).
-        nan_guard: ``True`` (3 rollbacks allowed), a number of rollbacks, or
-            ``False``.
+        nan_guard: ``True`` (3 rollbacks allowed), a number of rollbacks, a
+            configured :class:`~fp16cont.guard.NonFiniteGuard`, or ``False``.
         stagnation: Count the updates that rounding cancelled each step and
             log ``cancelled_share`` / ``lost_share`` per epoch (costs three
             reductions per variable and step; needs compensation).
@@ -159,7 +159,7 @@ def continue_training(
     timer = EpochTimer()
     stagnation_monitor = StagnationMonitor()
     monitors: list[keras.callbacks.Callback] = [timer, stagnation_monitor] if stagnation else [timer]
-    guard = NonFiniteGuard(max_failures=3 if nan_guard is True else int(nan_guard)) if nan_guard else None
+    guard = _guard(nan_guard)
     if guard is not None:
         monitors.append(guard)
     if plan.loss_scaling:
@@ -354,6 +354,21 @@ def _loss_scale(scaler: Any) -> float | None:
     if scaler is not None and scaler.built:
         return float(to_numpy(scaler.dynamic_scale))
     return None
+
+
+def _guard(nan_guard: Any) -> NonFiniteGuard | None:
+    if isinstance(nan_guard, NonFiniteGuard):
+        return nan_guard
+    if nan_guard is False or nan_guard is None:
+        return None
+    if nan_guard is True:
+        return NonFiniteGuard()
+    if isinstance(nan_guard, int) and nan_guard > 0:
+        return NonFiniteGuard(max_failures=nan_guard)
+    raise InvalidArgumentError(
+        f"Argument `nan_guard` should be True, False, a positive number of rollbacks or a NonFiniteGuard. "
+        f"Received: nan_guard={nan_guard!r}. Fix: leave it True (3 rollbacks)."
+    )
 
 
 def _loss_name(model: keras.Model, loss: Any) -> Any:
