@@ -35,6 +35,7 @@ from fp16cont.carry import carry_optimizer_state
 from fp16cont.checkpoint import load_checkpoint, save_checkpoint
 from fp16cont.compare import compare
 from fp16cont.compensation import CompensatedOptimizer
+from fp16cont.device_loop import DeviceFitResult, device_fit, upload
 from fp16cont.export import export_float32
 from fp16cont.guard import NonFiniteGuard
 from fp16cont.loss_scale import DynamicLossScale
@@ -85,6 +86,9 @@ __all__ = [
     "mlp",
     "MissingDependencyError",
     "CompensatedOptimizer",
+    "device_fit",
+    "upload",
+    "DeviceFitResult",
     "DynamicLossScale",
     "NonFiniteGuard",
     "StagnationMonitor",

@@ -24,6 +24,8 @@ class EpochTimer(keras.callbacks.Callback):
         epoch_steps: Training batches per finished epoch.
     """
 
+    async_safe = True  # only counts: Keras may run its batch hook off the training thread
+
     def __init__(self) -> None:
         super().__init__()
         self.epoch_seconds: list[float] = []

@@ -66,6 +66,11 @@ class NonFiniteGuard(keras.callbacks.Callback):
         >>> model.fit(x, y, callbacks=[NonFiniteGuard()])  # doctest: +SKIP
     """
 
+    # The batch-end hook only looks at the loss and raises a flag, so Keras may
+    # run it off the training thread (no stall of the accelerator); weights are
+    # read and restored at the next batch's start, on the training thread.
+    async_safe = True
+
     def __init__(self, max_failures: int = 3, lr_factor: float = 0.5, snapshot_every: int = 50,
                  check_every: int = 10) -> None:
         super().__init__()
@@ -78,6 +83,9 @@ class NonFiniteGuard(keras.callbacks.Callback):
         self._optimizer: list[np.ndarray] = []
         self._epoch = 0
         self._since_snapshot = 0
+        self._bad_batch: int | None = None
+        self._current = 0
+        self._stale_before: tuple[int, int] = (-1, -1)  # looks at batches before a rollback are stale
 
     @property
     def rollbacks(self) -> int:
@@ -92,19 +100,38 @@ class NonFiniteGuard(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch = epoch
+        self._current = 0
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if (self._epoch, batch) < self._stale_before:
+            return  # its loss was computed before the last rollback
         self._since_snapshot += 1
         if (batch + 1) % self.check_every and self._since_snapshot < self.snapshot_every:
             return
         loss = (logs or {}).get("loss")
         if loss is not None and not np.isfinite(float(loss)):
-            self._handle(batch)
-        elif self._since_snapshot >= self.snapshot_every:
-            self._snapshot_if_finite(batch)
+            self._bad_batch = batch
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self._current = batch
+        self._settle()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self._snapshot_if_finite(-1)
+        loss = (logs or {}).get("loss")
+        if self._bad_batch is None and loss is not None and not np.isfinite(float(loss)):
+            self._bad_batch = -1
+        if not self._settle():
+            self._snapshot_if_finite(-1)
+
+    def _settle(self) -> bool:
+        """Handle a flagged loss, or take a due snapshot; ``True`` when it rolled back."""
+        if self._bad_batch is not None:
+            batch, self._bad_batch = self._bad_batch, None
+            self._handle(batch)
+            return True
+        if self._since_snapshot >= self.snapshot_every:
+            self._snapshot_if_finite(-1)
+        return False
 
     def _snapshot_if_finite(self, batch: int) -> None:
         if self._weights_finite():
@@ -145,6 +172,8 @@ class NonFiniteGuard(keras.callbacks.Callback):
             self._restore()
             self._back_off(scaler)
         self.model.reset_metrics()
+        self._stale_before = (self._epoch, self._current)
+        self._bad_batch = None
         self.events.append(GuardEvent(self._epoch, batch, action, _learning_rate(self.model.optimizer), _scale(scaler)))
 
     def _back_off(self, scaler: Any) -> None:

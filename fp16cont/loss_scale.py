@@ -139,8 +139,8 @@ class LossScaleMonitor(keras.callbacks.Callback):
         self.patience = patience
         self.check_every = check_every
 
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if (batch + 1) % self.check_every == 0:
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if batch and batch % self.check_every == 0:
             self._check()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
