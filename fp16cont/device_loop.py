@@ -43,9 +43,8 @@ from fp16cont.architecture import check_built
 from fp16cont.data import check_fit_args, check_fits_model
 from fp16cont.errors import DataError, InvalidArgumentError, InvalidSourceError, LossScaleFloorError, TrainingDivergedError
 from fp16cont.loss_scale import DynamicLossScale, find_loss_scale
-from fp16cont.rebuild import float_precision
 from fp16cont.stagnation import stagnation_report
-from fp16cont.train import OptimizerPlan, _compile_for_training, _loss_name, _resolve_compensation, _wants_loss_scaling
+from fp16cont.train import _loss_name, prepare_optimizer
 
 __all__ = ["device_fit", "DeviceFitResult", "upload", "DEFAULT_STEPS_PER_EXECUTION"]
 
@@ -174,16 +173,10 @@ def device_fit(
                 f"Argument `{name}` should be a positive integer. Received: {name}={value!r}. "
                 f"Fix: pass e.g. {name}=32."
             )
-    precision = float_precision(model)
-    plan = OptimizerPlan(
-        compensation=_resolve_compensation(compensation, precision),
-        loss_scaling=_wants_loss_scaling(loss_scaling, precision),
-        slot_dtype=slot_dtype,
-        seed=seed,
-        loss_scale_options=dict(loss_scale_options or {}),
-        track_updates=bool(stagnation),
+    prepare_optimizer(
+        model, optimizer, loss, metrics, compensation=compensation, loss_scaling=loss_scaling,
+        slot_dtype=slot_dtype, seed=seed, loss_scale_options=loss_scale_options, stagnation=stagnation,
     )
-    _compile_for_training(model, optimizer, loss, metrics, plan)
     check_fits_model(model, _host_view(x), _host_view(y), _loss_name(model, loss), None)
 
     xs = x if isinstance(x, _Resident) else upload(x)

@@ -35,7 +35,7 @@ from fp16cont.rebuild import float_precision, weight_bytes
 from fp16cont.sources import to_numpy
 from fp16cont.reports import TrainingResult
 
-__all__ = ["continue_training", "DEFAULT_LEARNING_RATE", "resolve_optimizer", "OptimizerPlan"]
+__all__ = ["continue_training", "DEFAULT_LEARNING_RATE", "resolve_optimizer", "OptimizerPlan", "prepare_optimizer"]
 
 DEFAULT_LEARNING_RATE = 0.01  # the paper's SGD learning rate
 LossScaling = Union[bool, Literal["auto"]]
@@ -142,17 +142,10 @@ def continue_training(
     check_built(model)
     check_fit_args(x, y, batch_size, epochs)
     precision = float_precision(model)
-    plan = OptimizerPlan(
-        compensation=_resolve_compensation(compensation, precision),
-        loss_scaling=_wants_loss_scaling(loss_scaling, precision),
-        slot_dtype=slot_dtype,
-        seed=seed,
-        loss_scale_options=dict(loss_scale_options or {}),
-        track_updates=bool(stagnation),
+    plan = prepare_optimizer(
+        model, optimizer, loss, metrics, compensation=compensation, loss_scaling=loss_scaling,
+        slot_dtype=slot_dtype, seed=seed, loss_scale_options=loss_scale_options, stagnation=stagnation,
     )
-    if plan.loss_scaling and plan.loss_scale_options:
-        DynamicLossScale(keras.optimizers.SGD(), **plan.loss_scale_options)  # checks them before anything runs
-    _compile_for_training(model, optimizer, loss, metrics, plan)
     check_fits_model(model, x, y, _loss_name(model, loss), validation_data)
     state_report = carry_optimizer_state(initial_optimizer_state, model) if initial_optimizer_state is not None else None
     resumed = load_checkpoint(model, checkpoint_dir) if checkpoint_dir is not None else None
@@ -283,6 +276,47 @@ class OptimizerPlan:
         if self.loss_scaling:
             optimizer = DynamicLossScale(optimizer, **self.loss_scale_options)
         return optimizer
+
+
+def prepare_optimizer(
+    model: keras.Model,
+    optimizer: Any,
+    loss: Any,
+    metrics: Any,
+    *,
+    compensation: CompensationArg = "auto",
+    loss_scaling: LossScaling = "auto",
+    slot_dtype: SlotDtype = "auto",
+    seed: int = 0,
+    loss_scale_options: dict[str, Any] | None = None,
+    stagnation: bool = False,
+) -> OptimizerPlan:
+    """Compile ``model`` with the optimizer chain its precision needs (if not already).
+
+    Shared by :func:`continue_training` and :func:`fp16cont.device_loop.device_fit`;
+    the arguments mean what they mean there.
+
+    Returns:
+        The :class:`OptimizerPlan` the model is now compiled with.
+
+    Raises:
+        InvalidArgumentError: For bad ``compensation``, ``loss_scaling`` or
+            ``loss_scale_options``, or an unknown optimizer.
+        MissingLossError: If the model is uncompiled and ``loss`` is ``None``.
+    """
+    precision = float_precision(model)
+    plan = OptimizerPlan(
+        compensation=_resolve_compensation(compensation, precision),
+        loss_scaling=_wants_loss_scaling(loss_scaling, precision),
+        slot_dtype=slot_dtype,
+        seed=seed,
+        loss_scale_options=dict(loss_scale_options or {}),
+        track_updates=bool(stagnation),
+    )
+    if plan.loss_scaling and plan.loss_scale_options:
+        DynamicLossScale(keras.optimizers.SGD(), **plan.loss_scale_options)  # checks them before anything runs
+    _compile_for_training(model, optimizer, loss, metrics, plan)
+    return plan
 
 
 def _resolve_compensation(compensation: Any, precision: str) -> str | None:
