@@ -73,8 +73,10 @@ def carry_optimizer_state(source: keras.Model, target: keras.Model) -> Quantizat
         )
     if not dst_outer.built:
         dst_outer.build(target.trainable_variables)
-    pairs = [(s, d) for s, d in zip(src.variables, dst.variables) if not _is_learning_rate(d)]
-    if len(src.variables) != len(dst.variables) or any(tuple(s.shape) != tuple(d.shape) for s, d in pairs):
+    sources = [v for v in src.variables if not _is_learning_rate(v)]  # a schedule has no variable
+    targets = [v for v in dst.variables if not _is_learning_rate(v)]
+    pairs = list(zip(sources, targets))
+    if len(sources) != len(targets) or any(tuple(s.shape) != tuple(d.shape) for s, d in pairs):
         raise WeightMismatchError(
             f"The source optimizer has {len(src.variables)} variables and the target's "
             f"{len(dst.variables)} with other shapes: the models differ. Fix: carry state only "

@@ -131,6 +131,11 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
         self._cancelled = [self._counter(v, "cancelled") if t else None for v, t in zip(var_list, tracked)]
         self._lost = [self._counter(v, "lost") if t else None for v, t in zip(var_list, tracked)]
         self._seed_generator = keras.random.SeedGenerator(self.seed) if self.compensation == "stochastic" else None
+        if self.slot_dtype == "float32" and self.inner_optimizer.built:
+            self.adjustments.append(
+                "slot_dtype='float32' not applied: the inner optimizer was already built, so its slots keep "
+                "their dtype; wrap an unbuilt optimizer to choose it"
+            )
         self._make_epsilon_safe(var_list)
         self.inner_optimizer.build(var_list)
         super().build(var_list)

@@ -24,7 +24,8 @@ def is_array_like(x: Any) -> bool:
         return all(is_array_like(v) for v in x.values())
     if isinstance(x, (list, tuple)):
         return bool(x) and all(is_array_like(v) for v in x)
-    return hasattr(x, "shape") and hasattr(x, "dtype") and not hasattr(x, "element_spec")
+    has_dtype = hasattr(x, "dtype") or hasattr(x, "dtypes")  # numpy-like arrays and pandas frames
+    return hasattr(x, "shape") and has_dtype and not hasattr(x, "element_spec")
 
 
 def _first_array(x: Any) -> Any:
@@ -194,7 +195,7 @@ def batch_rows(x: Any, batch_size: int) -> int:
             first = x[0]
         else:
             return batch_size
-    except (StopIteration, IndexError, TypeError):
+    except (StopIteration, IndexError, TypeError, KeyError):
         return batch_size
     inputs = first[0] if isinstance(first, (tuple, list)) else first
     leaf = _first_array(inputs) if isinstance(inputs, (dict, list, tuple)) else inputs

@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +94,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
         return sum(e.action == "rollback" for e in self.events)
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.events, self._bad_batch, self._stale_before, self._since_snapshot = [], None, (-1, -1), 0
         optimizer = self.model.optimizer
         if optimizer is not None and not optimizer.built:
             optimizer.build(self.model.trainable_variables)  # so the snapshot holds its state
@@ -184,6 +186,12 @@ class NonFiniteGuard(keras.callbacks.Callback):
         rate = optimizer.learning_rate
         if isinstance(rate, keras.Variable):
             rate.assign(rate * self.lr_factor)
+        else:
+            warnings.warn(
+                "NonFiniteGuard rolled back but cannot lower a learning-rate schedule; it retries at the "
+                "same rate. Use a constant learning rate, or a schedule that is safe to repeat.",
+                stacklevel=2,
+            )
 
 
 def _learning_rate(optimizer: Any) -> float | None:

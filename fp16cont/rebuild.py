@@ -254,7 +254,10 @@ def _compile_like(rebuilt: keras.Model, source: keras.Model) -> None:
     if not config:
         return
     try:
-        rebuilt.compile_from_config(config)
+        # compile() rather than compile_from_config(): the latter also builds the
+        # optimizer, whose slots would then be fixed before continue_training can
+        # choose their dtype
+        rebuilt.compile(**keras.saving.deserialize_keras_object(config))
     except Exception as err:  # custom, unregistered losses or metrics
         warnings.warn(
             f"The 16-bit model was not compiled like {source.name!r} ({err}); pass loss= and "

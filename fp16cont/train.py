@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
@@ -142,11 +143,11 @@ def continue_training(
     check_built(model)
     check_fit_args(x, y, batch_size, epochs)
     precision = float_precision(model)
+    check_fits_model(model, x, y, _loss_name(model, loss), validation_data)  # before the model is recompiled
     plan = prepare_optimizer(
         model, optimizer, loss, metrics, compensation=compensation, loss_scaling=loss_scaling,
         slot_dtype=slot_dtype, seed=seed, loss_scale_options=loss_scale_options, stagnation=stagnation,
     )
-    check_fits_model(model, x, y, _loss_name(model, loss), validation_data)
     state_report = carry_optimizer_state(initial_optimizer_state, model) if initial_optimizer_state is not None else None
     resumed = load_checkpoint(model, checkpoint_dir) if checkpoint_dir is not None else None
     timer = EpochTimer()
@@ -162,6 +163,12 @@ def continue_training(
     fit_args: dict[str, Any] = dict(fit_kwargs)
     if resumed is not None:
         fit_args["initial_epoch"] = min(resumed, epochs)
+        if resumed >= epochs:
+            warnings.warn(
+                f"The checkpoint in {str(checkpoint_dir)!r} already holds {resumed} epoch(s) >= epochs={epochs}: "
+                "nothing is left to train. Pass a new checkpoint_dir (or more epochs) to train further.",
+                stacklevel=2,
+            )
     if is_array_like(x):
         fit_args["batch_size"] = batch_size
     start = time.perf_counter()
@@ -260,7 +267,8 @@ class OptimizerPlan:
             == (self.compensation, self.slot_dtype, self.seed, self.track_updates)
         )
         scaler = find_loss_scale(optimizer)
-        if (scaler is not None) != self.loss_scaling:
+        wanted_scaler = isinstance(scaler, DynamicLossScale) if self.loss_scaling else scaler is None
+        if not wanted_scaler:
             return False
         return same_compensation and all(
             getattr(scaler, key, None) == value for key, value in self.loss_scale_options.items()
@@ -354,7 +362,9 @@ def _compile_for_training(model: keras.Model, optimizer: Any, loss: Any, metrics
             "loss='sparse_categorical_crossentropy'), or compile the float32 model first."
         )
     kwargs = dict(previous)
-    kwargs["optimizer"] = plan.wrap(_base_optimizer(optimizer, current))
+    keep = current is not None and plan.matches(current) and (optimizer is None or optimizer is innermost_optimizer(current))
+    # the same optimizer chain keeps its state (moments, Kahan buffers, loss scale) across a recompile
+    kwargs["optimizer"] = current if keep else plan.wrap(_base_optimizer(optimizer, current))
     if loss is not None:
         kwargs["loss"] = loss
     if metrics is not None:

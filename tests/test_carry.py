@@ -43,3 +43,13 @@ def test_state_from_another_optimizer_class_is_refused(digits):
     model16.compile(keras.optimizers.SGD(0.01), "sparse_categorical_crossentropy")
     with pytest.raises(InvalidArgumentError, match="Adam"):
         carry_optimizer_state(source, model16)
+
+
+def test_state_from_a_learning_rate_schedule_carries_to_a_constant_rate(digits):
+    schedule = keras.optimizers.schedules.ExponentialDecay(1e-3, decay_steps=10, decay_rate=0.9)
+    source = _trained(keras.optimizers.Adam(schedule), digits)
+    model16 = fp16cont.build_fp16_model(source, precision="bfloat16")
+    model16.compile(keras.optimizers.Adam(1e-4), "sparse_categorical_crossentropy")
+    report = carry_optimizer_state(source, model16)
+    assert report.ok and any(not a.passed_through for a in report.variables)
+    assert int(innermost_optimizer(model16.optimizer).iterations.numpy()) == int(source.optimizer.iterations.numpy())

@@ -153,3 +153,24 @@ def test_samples_per_second_uses_the_datasets_own_batch_size(digits):
     result = fp16cont.continue_training(model, dataset, loss="sparse_categorical_crossentropy", verbose=0)
     expected = 1024 / result.epoch_seconds[0]
     assert result.samples_per_second[0] == pytest.approx(expected, rel=0.05)
+
+
+def test_repeated_calls_with_loss_and_metrics_keep_the_optimizer_state(source, digits):
+    (x, y), _ = digits
+    model16 = fp16cont.build_fp16_model(source, precision="bfloat16")
+    fp16cont.continue_training(model16, x, y, loss="sparse_categorical_crossentropy", verbose=0)
+    inner = innermost_optimizer(model16.optimizer)
+    steps = int(inner.iterations.numpy())
+    fp16cont.continue_training(model16, x, y, loss="sparse_categorical_crossentropy", metrics=["accuracy"], verbose=0)
+    assert innermost_optimizer(model16.optimizer) is inner
+    assert int(inner.iterations.numpy()) == 2 * steps
+
+
+def test_float32_slots_on_request_in_the_main_workflow(source, digits):
+    (x, y), _ = digits
+    model16 = fp16cont.build_fp16_model(source, precision="bfloat16")  # source compiled with Adam
+    fp16cont.continue_training(model16, x[:256], y[:256], slot_dtype="float32", verbose=0)
+    inner = innermost_optimizer(model16.optimizer)
+    slots = [v for v in inner.variables if len(v.shape)]
+    low = {id(v) for v in model16.trainable_weights if str(v.dtype) == "bfloat16"}
+    assert low and all(str(v.dtype) == "float32" for v in slots)
