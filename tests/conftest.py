@@ -55,6 +55,33 @@ class SubclassedNet(keras.Model):
         return {**super().get_config(), "hidden": self.hidden}
 
 
+class NoConfigNet(keras.Model):
+    """A subclassed model whose __init__ takes a layer and that has no get_config."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.inner = layer
+
+    def call(self, x):
+        return self.inner(x)
+
+
+def unrebuildable_model(features: int = 4) -> keras.Model:
+    """A built subclassed model that cannot be rebuilt from its config."""
+    model = NoConfigNet(keras.layers.Dense(2))
+    model(np.zeros((1, features), "float32"))
+    return model
+
+
+def dense_with_weight(value: float) -> keras.Model:
+    """A tiny model whose first kernel value is ``value`` (NaN, beyond float16, ...)."""
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    weights = model.get_weights()
+    weights[0][0, 0] = value
+    model.set_weights(weights)
+    return model
+
+
 def sequential_model() -> keras.Model:
     return keras.Sequential(
         [

@@ -8,7 +8,7 @@ import pytest
 
 import fp16cont
 from fp16cont import errors as E
-from tests.conftest import snapshot
+from tests.conftest import dense_with_weight, snapshot, unrebuildable_model
 
 
 @keras.saving.register_keras_serializable(package="fp16cont_bad")
@@ -41,37 +41,6 @@ def env(tmp_path_factory, digits):
                 unregistered=unregistered)
 
 
-def _nan_model(env):
-    m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    w = m.get_weights()
-    w[0][0, 0] = np.nan
-    m.set_weights(w)
-    return m
-
-
-def _big_model(env):
-    m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    w = m.get_weights()
-    w[0][0, 0] = 1e6
-    m.set_weights(w)
-    return m
-
-
-class _NoConfig(keras.Model):
-    def __init__(self, layer):
-        super().__init__()
-        self.inner = layer
-
-    def call(self, x):
-        return self.inner(x)
-
-
-def _subclassed_without_config(env):
-    m = _NoConfig(keras.layers.Dense(2))
-    m(np.zeros((1, 3), "float32"))
-    return m
-
-
 def _wrong_weights(env):
     other = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
     return fp16cont.quantize_weights(other, "bfloat16")
@@ -88,13 +57,13 @@ CASES = [
     ("weights of another model", lambda e: fp16cont.build_fp16_model(e["model"], _wrong_weights(e)), E.WeightMismatchError, ["variables", "Fix"]),
     ("weights of the wrong type", lambda e: fp16cont.build_fp16_model(e["model"], [np.zeros(3)]), E.WeightMismatchError, ["quantize_weights", "Fix"]),
     ("weights of the wrong dtype", lambda e: fp16cont.quantize_weights([np.zeros(3, np.float16)]), E.AlreadyLowPrecisionError, ["16-bit", "Fix"]),
-    ("NaN in source weights", lambda e: fp16cont.quantize_weights(_nan_model(e), "bfloat16"), E.NonFiniteWeightsError, ["NaN", "Fix"]),
-    ("beyond float16 range", lambda e: fp16cont.quantize_weights(_big_model(e), "float16"), E.WeightOverflowError, ["bfloat16", "Fix"]),
+    ("NaN in source weights", lambda e: fp16cont.quantize_weights(dense_with_weight(np.nan), "bfloat16"), E.NonFiniteWeightsError, ["NaN", "Fix"]),
+    ("beyond float16 range", lambda e: fp16cont.quantize_weights(dense_with_weight(1e6), "float16"), E.WeightOverflowError, ["bfloat16", "Fix"]),
     ("unknown precision", lambda e: fp16cont.build_fp16_model(e["model"], precision="fp8"), E.InvalidArgumentError, ["precision", "Fix"]),
     ("unknown mode", lambda e: fp16cont.build_fp16_model(e["model"], precision="bfloat16", mode="half"), E.InvalidArgumentError, ["mode", "Fix"]),
     ("already 16-bit", lambda e: fp16cont.build_fp16_model(e["model16"]), E.AlreadyLowPrecisionError, ["16-bit", "Fix"]),
     ("unbuilt model", lambda e: fp16cont.quantize_weights(keras.Sequential([keras.layers.Dense(2)])), E.ModelNotBuiltError, ["input shape", "Fix"]),
-    ("subclassed without get_config", lambda e: fp16cont.build_fp16_model(_subclassed_without_config(e), precision="bfloat16"), E.RebuildError, ["get_config", "Fix"]),
+    ("subclassed without get_config", lambda e: fp16cont.build_fp16_model(unrebuildable_model(3), precision="bfloat16"), E.RebuildError, ["get_config", "Fix"]),
     ("unregistered custom layer", lambda e: fp16cont.build_fp16_model(e["unregistered"], precision="bfloat16"), E.RebuildError, ["register_keras_serializable", "Fix"]),
     ("input shape does not fit", lambda e: fp16cont.continue_training(e["model16"], e["x"].reshape(-1, 8, 8), e["y"]), E.DataError, ["shape", "Fix"]),
     ("input dtype not numeric", lambda e: fp16cont.continue_training(e["model16"], e["x"].astype(str), e["y"]), E.DataError, ["dtype", "Fix"]),

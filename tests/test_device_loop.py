@@ -14,7 +14,7 @@ from fp16cont.compensation import CompensatedOptimizer
 from fp16cont.device_loop import device_fit, upload
 from fp16cont.errors import DataError, InvalidArgumentError, TrainingDivergedError
 from fp16cont.loss_scale import DynamicLossScale
-from tests.conftest import snapshot
+from tests.conftest import sequential_model, snapshot
 
 # float16 on a CPU is slow, and build_fp16_model says so (once per process)
 pytestmark = pytest.mark.filterwarnings("ignore::fp16cont.errors.PerformanceWarning")
@@ -34,15 +34,7 @@ RTOL, ATOL = 1e-5, 1e-6
 
 def small_model() -> keras.Model:
     keras.utils.set_random_seed(0)
-    return keras.Sequential(
-        [
-            keras.Input((64,)),
-            keras.layers.Dense(32, activation="relu"),
-            keras.layers.BatchNormalization(),
-            keras.layers.Dense(10, activation="softmax"),
-        ],
-        name="small",
-    )
+    return sequential_model()
 
 
 def compiled_copy(source: keras.Model) -> keras.Model:

@@ -13,7 +13,7 @@ from fp16cont.errors import (
     WeightMismatchError,
 )
 from fp16cont.numerics import is_low_float
-from tests.conftest import MODEL_BUILDERS, snapshot, to_input
+from tests.conftest import MODEL_BUILDERS, snapshot, to_input, unrebuildable_model
 
 
 def island_layer_names(model):
@@ -140,16 +140,7 @@ def test_model_loaded_from_keras_file_and_path_argument(tmp_path, trained_model)
 
 
 def test_unrebuildable_subclassed_model_names_get_config():
-    class NoConfig(keras.Model):
-        def __init__(self, layer):
-            super().__init__()
-            self.inner = layer
-
-        def call(self, x):
-            return self.inner(x)
-
-    model = NoConfig(keras.layers.Dense(3))
-    model(np.zeros((1, 4), "float32"))
+    model = unrebuildable_model()
     with pytest.raises(RebuildError, match="get_config"):
         fp16cont.build_fp16_model(model, precision="bfloat16")
 
