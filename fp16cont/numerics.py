@@ -66,23 +66,26 @@ class FormatFacts:
         return int(np.log2(self.smallest_normal))
 
 
-def numpy_dtype(precision: str) -> np.dtype:
-    """Return the numpy dtype for a precision name.
+def numpy_dtype(precision: object) -> np.dtype:
+    """Return the numpy dtype for a dtype name (or a Keras / backend dtype).
 
     Args:
-        precision: ``"float32"``, ``"float16"`` or ``"bfloat16"``.
+        precision: ``"float32"``, ``"float16"``, ``"bfloat16"`` or any other
+            name numpy knows (``"int64"``, ``"bool"``); anything whose ``str``
+            or ``name`` is such a name.
 
     Returns:
         The numpy dtype; bfloat16 comes from ``ml_dtypes``.
 
     Raises:
-        KeyError: If the name is not one of the three formats.
+        TypeError: If numpy knows no such dtype.
 
     Example:
-        >>> numpy_dtype("bfloat16").name
-        'bfloat16'
+        >>> numpy_dtype("bfloat16").name, numpy_dtype("int64").name
+        ('bfloat16', 'int64')
     """
-    return _DTYPES[precision]
+    name = str(getattr(precision, "name", precision))
+    return _DTYPES[name] if name in _DTYPES else np.dtype(name)
 
 
 def facts(precision: str) -> FormatFacts:

@@ -26,7 +26,7 @@ from fp16cont.errors import (
     WeightMismatchError,
 )
 from fp16cont.hardware import collective_strategy_active, select_precision
-from fp16cont.numerics import is_low_float
+from fp16cont.numerics import is_low_float, numpy_dtype
 from fp16cont.policies import DEFAULT_ISLANDS, Island, Mode, policy_plan
 from fp16cont.quantize import QuantizedWeights, quantize_weights
 from fp16cont.reports import BuildReport
@@ -143,7 +143,7 @@ def weight_bytes(variables: Sequence[Any]) -> int:
         >>> weight_bytes([v])
         24
     """
-    return sum(int(np.prod(v.shape)) * np.dtype(_np_name(v.dtype)).itemsize for v in variables)
+    return sum(int(np.prod(v.shape)) * numpy_dtype(v.dtype).itemsize for v in variables)
 
 
 def float_precision(model: keras.Model) -> str:
@@ -186,15 +186,6 @@ def _layer_policies(model: keras.Model) -> tuple[tuple[str, str], ...]:
         for layer in iter_layers(model)
         if not isinstance(layer, keras.layers.InputLayer)
     )
-
-
-def _np_name(dtype: Any) -> Any:
-    name = str(getattr(dtype, "name", dtype))
-    if name == "bfloat16":
-        import ml_dtypes
-
-        return ml_dtypes.bfloat16
-    return name
 
 
 def _as_model(model: Any) -> keras.Model:
@@ -245,8 +236,8 @@ def _load_weights(rebuilt: keras.Model, source: keras.Model, weights: QuantizedW
     exact = variable_arrays(source)
     cast = weights.arrays if weights is not None else (None,) * len(exact)
     for variable, original, quantized in zip(rebuilt.weights, exact, cast):
-        use_cast = quantized is not None and np.dtype(_np_name(variable.dtype)) == quantized.dtype
-        variable.assign(quantized if use_cast else original.astype(_np_name(variable.dtype)))
+        use_cast = quantized is not None and numpy_dtype(variable.dtype) == quantized.dtype
+        variable.assign(quantized if use_cast else original.astype(numpy_dtype(variable.dtype)))
 
 
 def _compile_like(rebuilt: keras.Model, source: keras.Model) -> None:

@@ -47,3 +47,11 @@ def test_is_low_float_recognises_names_and_dtypes():
     assert numerics.is_low_float(np.dtype(ml_dtypes.bfloat16))
     assert not numerics.is_low_float("float32")
     assert not numerics.is_low_float(np.int32)
+
+
+def test_numpy_dtype_knows_bfloat16_and_every_numpy_name():
+    assert numerics.numpy_dtype("bfloat16") == np.dtype(ml_dtypes.bfloat16)
+    assert numerics.numpy_dtype(np.dtype("int64")) == np.dtype(np.int64)
+    assert numerics.numpy_dtype("bool") == np.dtype(bool)
+    with pytest.raises(TypeError):
+        numerics.numpy_dtype("float8_nonsense")
