@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -25,7 +26,15 @@ import keras
 
 from fp16cont.errors import ModelNotBuiltError, RebuildError
 
-__all__ = ["PolicyFn", "iter_layers", "output_layers", "clone_with_policies", "check_built"]
+__all__ = [
+    "PolicyFn",
+    "iter_layers",
+    "output_layers",
+    "clone_with_policies",
+    "check_built",
+    "effective_policy",
+    "Float32Initializer",
+]
 
 PolicyFn = Callable[[keras.layers.Layer], "str | None"]
 
@@ -96,11 +105,22 @@ def check_built(model: keras.Model) -> None:
 def clone_with_policies(model: keras.Model, policy_of: PolicyFn) -> keras.Model:
     """Rebuild ``model`` from its config with ``policy_of(layer)`` per layer.
 
+    Every layer config nested anywhere in the model's config (wrapper layers'
+    ``layer`` entries, KerasHub ``backbone`` entries, nested models) gets a
+    :class:`keras.dtype_policies.DTypePolicyMap` that names each layer's
+    policy by its path, and the same map is the dtype policy in force while
+    the config is deserialized (restored afterwards), so layers that a
+    constructor creates from its arguments (KerasHub backbones, subclassed
+    models) follow the plan too. Initializers run in float32 and are cast
+    (TensorFlow has no bfloat16 QR for ``Orthogonal``); their values are
+    overwritten by the caller anyway.
+
     Weights are not copied: the clone has fresh variables in the new dtypes.
 
     Args:
         model: A built Sequential, Functional or subclassed model (with
-            ``get_config``/``from_config``), custom registered layers included.
+            ``get_config``/``from_config``), custom registered layers and
+            KerasHub models included.
         policy_of: Returns the dtype policy name for a source layer, or
             ``None`` to keep the layer's config as it is.
 
@@ -110,17 +130,217 @@ def clone_with_policies(model: keras.Model, policy_of: PolicyFn) -> keras.Model:
     Raises:
         ModelNotBuiltError: If ``model`` is not built.
         RebuildError: If the architecture cannot be rebuilt from its config.
+
+    Example:
+        >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        >>> clone_with_policies(m, lambda layer: "float16").layers[0].kernel.dtype
+        'float16'
     """
     check_built(model)
     config = _serialize(model)
     build_config = config.pop("build_config", None)
     config.pop("compile_config", None)
-    _set_config_policies(config, model, policy_of)
-    clone = _deserialize(model, config)
-    _set_unbuilt_policies(clone, model, policy_of)
-    _build_like(clone, model, build_config)
+    sources = [layer for layer in iter_layers(model) if not isinstance(layer, keras.layers.InputLayer)]
+    planned = {id(layer): _policy_name(policy_of(layer)) for layer in sources}
+    if all(p is None for p in planned.values()):
+        clone = _deserialize(model, config)
+        _build_like(clone, model, build_config)
+        _check_same_variables(model, clone)
+        return clone
+    main = _main_policy(planned)
+    _rewrite_config(config, model, {**planned, id(model): main}, main)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(main)  # scoped: restored below (Keras keeps it per thread)
+    try:
+        clone = _deserialize(model, config)
+        _set_unbuilt_policies(clone, model, planned)
+        _build_like(clone, model, build_config)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    _restore_initializers(clone)
     _check_same_variables(model, clone)
+    _settle_policies(clone)
     return clone
+
+
+def effective_policy(layer: keras.layers.Layer) -> keras.DTypePolicy:
+    """The dtype policy a layer really runs with (a policy map resolved by path).
+
+    Args:
+        layer: A Keras layer.
+
+    Returns:
+        A plain ``keras.DTypePolicy``.
+
+    Example:
+        >>> effective_policy(keras.layers.Dense(2, dtype="bfloat16")).name
+        'bfloat16'
+    """
+    policy = layer.dtype_policy
+    if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
+        return policy[layer.path] if layer.path else policy.default_policy
+    return policy
+
+
+def _policy_name(policy: Any) -> str | None:
+    if policy is None:
+        return None
+    if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
+        return policy.default_policy.name
+    name = policy.name if isinstance(policy, keras.DTypePolicy) else str(policy)
+    return name[len("map_") :] if name.startswith("map_") else name
+
+
+def _main_policy(planned: dict[int, str | None]) -> str:
+    names = [p for p in planned.values() if p is not None]
+    return max(sorted(set(names)), key=names.count)
+
+
+def _container_policy(layer: keras.layers.Layer, planned: dict[int, str | None], default: str) -> Any:
+    """A plain policy, or a policy map naming the islands among the layer's
+    descendants by path suffix (paths differ between a model built in code
+    and one built from its config, suffixes below the container do not)."""
+    rels: dict[str, str] = {}
+    for sub in iter_layers(layer):
+        policy = planned.get(id(sub))
+        if policy is None or policy == default or not sub.path:
+            continue
+        path = sub.path
+        if layer.path and path.startswith(layer.path + "/"):
+            path = f"{layer.name}/{path[len(layer.path) + 1:]}"
+        rels.setdefault(path, policy)
+    if not rels:
+        return keras.dtype_policies.serialize(keras.DTypePolicy(default))
+    entries = {}
+    for rel, policy in rels.items():
+        nested = any(other != rel and other.endswith("/" + rel) for other in rels)
+        key = re.escape(rel) if nested else "(?:.*/)?" + re.escape(rel)
+        entries[key] = keras.DTypePolicy(policy)
+    return keras.dtype_policies.serialize(keras.dtype_policies.DTypePolicyMap(keras.DTypePolicy(default), entries))
+
+
+_FLOAT_POLICIES = ("float32", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16", "float64")
+_POLICY_CLASSES = ("DTypePolicy", "FloatDTypePolicy", "DTypePolicyMap")
+
+
+def _is_float_policy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value in _FLOAT_POLICIES
+    if isinstance(value, dict) and value.get("class_name") in _POLICY_CLASSES:
+        inner = value.get("config", {})
+        if value.get("class_name") == "DTypePolicyMap":
+            return True
+        return isinstance(inner, dict) and inner.get("name") in _FLOAT_POLICIES
+    return False
+
+
+def _children(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    return list(layer._flatten_layers(include_self=False, recursive=False))  # private Keras API
+
+
+def _rewrite_config(node: Any, layer: keras.layers.Layer | None, planned: dict[int, str | None], inherited: Any) -> None:
+    """Set the ``dtype`` of every layer config nested in ``node``.
+
+    ``layer`` is the source layer that ``node`` serializes, when known: a
+    Sequential/Functional model's layers are matched by name, a leaf layer
+    gets its planned policy, and a container (wrapper, KerasHub model,
+    custom layer with sub-layers) gets a policy for everything built inside
+    it; configs nested in a container get that same policy. Initializers are
+    wrapped to run in float32.
+    """
+    if isinstance(node, list):
+        for item in node:
+            _rewrite_config(item, None, planned, inherited)
+        return
+    if not isinstance(node, dict) or node.get("class_name") in _POLICY_CLASSES:
+        return
+    inner = node.get("config")
+    if not ("class_name" in node and isinstance(inner, dict)):
+        for value in node.values():
+            _rewrite_config(value, None, planned, inherited)
+        return
+    own = inherited
+    if layer is not None and planned.get(id(layer)) is not None:
+        policy = planned[id(layer)]
+        own = _container_policy(layer, planned, policy) if _children(layer) else policy
+    if node["class_name"] != "InputLayer" and _is_float_policy(inner.get("dtype")):
+        inner["dtype"] = copy.deepcopy(own)
+    for key, value in inner.items():
+        if key.endswith("_initializer") and value is not None and not _is_wrapped(value):
+            inner[key] = {"module": None, "class_name": _FLOAT32_INIT, "config": {"initializer": value},
+                          "registered_name": _FLOAT32_INIT}
+    if layer is not None and _is_graph_model(layer) and isinstance(inner.get("layers"), list):
+        by_name = {sub.name: sub for sub in _children(layer)}
+        for sub_config in inner["layers"]:
+            name = sub_config.get("config", {}).get("name") if isinstance(sub_config, dict) else None
+            _rewrite_config(sub_config, by_name.get(name), planned, own)
+        rest = {k: v for k, v in inner.items() if k != "layers"}
+    else:
+        rest = inner
+    for key, value in rest.items():
+        if key != "dtype":
+            _rewrite_config(value, None, planned, own)
+
+
+def _is_wrapped(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("class_name") == _FLOAT32_INIT
+
+
+_FLOAT32_INIT = "fp16cont>Float32Initializer"
+
+
+@keras.saving.register_keras_serializable(package="fp16cont", name="Float32Initializer")
+class Float32Initializer(keras.initializers.Initializer):
+    """Runs an initializer in float32 and casts the result to the variable dtype.
+
+    Used only while a model is rebuilt; the original initializers are put back
+    afterwards, so saved configs never name this class.
+
+    Args:
+        initializer: The wrapped initializer (object, name or config).
+
+    Example:
+        >>> init = Float32Initializer("orthogonal")
+        >>> init((2, 2), "bfloat16").dtype
+        'bfloat16'
+    """
+
+    def __init__(self, initializer: Any):
+        self.initializer = keras.initializers.get(initializer)
+
+    def __call__(self, shape: Any, dtype: Any = None) -> Any:
+        dtype = dtype or keras.config.floatx()
+        if "float" not in str(dtype):
+            return self.initializer(shape, dtype=dtype)
+        return keras.ops.cast(self.initializer(shape, dtype="float32"), dtype)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"initializer": keras.initializers.serialize(self.initializer)}
+
+
+def _restore_initializers(clone: keras.Model) -> None:
+    for layer in [clone, *iter_layers(clone)]:
+        for name, value in list(vars(layer).items()):
+            if isinstance(value, Float32Initializer):
+                object.__setattr__(layer, name, value.initializer)
+
+
+def _settle_policies(clone: keras.Model) -> None:
+    """Give each layer that holds a policy map its resolved plain policy;
+    containers whose config is constructor arguments keep theirs, so that a
+    saved and reloaded model keeps its islands."""
+    for layer in [clone, *iter_layers(clone)]:
+        if isinstance(layer.dtype_policy, keras.dtype_policies.DTypePolicyMap):
+            if not _children(layer) or _is_graph_model(layer):
+                layer._dtype_policy = effective_policy(layer)  # private Keras API: a shared map stays intact
+
+
+def _is_graph_model(layer: keras.layers.Layer) -> bool:
+    """A plain Sequential/Functional model, whose config lists each layer's own dtype."""
+    return isinstance(layer, keras.Sequential) or (
+        _is_functional(layer)
+        and getattr(type(layer).from_config, "__func__", None) is keras.Model.from_config.__func__
+    )
 
 
 def _is_functional(model: keras.layers.Layer) -> bool:
@@ -153,36 +373,16 @@ def _rebuild_hint(model: keras.Model, why: str) -> str:
     )
 
 
-def _set_config_policies(config: dict[str, Any], layer: keras.layers.Layer, policy_of: PolicyFn) -> None:
-    inner = config.get("config", {})
-    if isinstance(layer, keras.layers.InputLayer):
-        return
-    policy = policy_of(layer)
-    if policy is not None and isinstance(inner, dict) and "dtype" in inner:
-        inner["dtype"] = policy
-    if isinstance(layer, keras.Model) and (isinstance(layer, keras.Sequential) or _is_functional(layer)):
-        for sub_config in inner.get("layers", []):
-            name = sub_config.get("config", {}).get("name")
-            sub = _find_layer(layer, name)
-            if sub is not None:
-                _set_config_policies(sub_config, sub, policy_of)
-
-
-def _find_layer(model: keras.Model, name: str | None) -> keras.layers.Layer | None:
-    for sub in model._flatten_layers(include_self=False, recursive=False):
-        if sub.name == name:
-            return sub
-    return None
-
-
-def _set_unbuilt_policies(clone: keras.Model, source: keras.Model, policy_of: PolicyFn) -> None:
+def _set_unbuilt_policies(clone: keras.Model, source: keras.Model, planned: dict[int, str | None]) -> None:
+    # layers a subclassed model creates in __init__ are unbuilt after
+    # from_config: their policy can still be set, paired by position
     pairs = list(zip(iter_layers(clone), iter_layers(source)))
     for new, old in pairs:
         if type(new) is not type(old):
-            return  # a different construction order: the config policies must do
-        policy = policy_of(old)
+            return  # a different construction order: the policy map must do
+        policy = planned.get(id(old))
         if policy is not None and not new.built and not isinstance(new, keras.layers.InputLayer):
-            new.dtype_policy = policy
+            new._dtype_policy = keras.DTypePolicy(policy)  # private Keras API: never edit a shared map
 
 
 def _build_like(clone: keras.Model, source: keras.Model, build_config: dict[str, Any] | None) -> None:

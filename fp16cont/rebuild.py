@@ -18,22 +18,23 @@ from typing import Any
 import keras
 import numpy as np
 
-from fp16cont.architecture import check_built, clone_with_policies, iter_layers
+from fp16cont.architecture import check_built, clone_with_policies, effective_policy, iter_layers
 from fp16cont.errors import (
     AlreadyLowPrecisionError,
     InvalidArgumentError,
     InvalidSourceError,
+    RebuildError,
     WeightMismatchError,
 )
 from fp16cont.hardware import collective_strategy_active, select_precision
 from fp16cont.numerics import is_low_float, numpy_dtype
-from fp16cont.policies import DEFAULT_ISLANDS, Island, Mode, policy_plan
+from fp16cont.policies import DEFAULT_ISLANDS, Island, Mode, PolicyPlan, policy_plan
 from fp16cont.quantize import QuantizedWeights, quantize_weights
 from fp16cont.reports import BuildReport
 from fp16cont.sources import load_model, variable_arrays
 from fp16cont.verify import compare_models
 
-__all__ = ["build_fp16_model", "weight_bytes", "float_precision"]
+__all__ = ["build_fp16_model", "weight_bytes", "float_precision", "dtype_mix", "check_dtypes"]
 
 _MODES = ("pure", "mixed")
 
@@ -112,6 +113,7 @@ def build_fp16_model(
     float32_paths = _kept_float32_paths(source, weights)
     plan = policy_plan(source, choice.precision, mode, keep_float32, float32_paths)
     rebuilt = clone_with_policies(source, plan)
+    islands = check_dtypes(rebuilt, source, plan)
     _load_weights(rebuilt, source, weights if mode == "pure" else None)
     _compile_like(rebuilt, source)
     report = BuildReport(
@@ -124,9 +126,130 @@ def build_fp16_model(
         weight_bytes=weight_bytes(rebuilt.weights),
         quantization=weights.report if mode == "pure" and weights is not None else None,
         verification=compare_models(source, rebuilt) if verify else None,
+        dtype_mix=dtype_mix(rebuilt.weights),
+        islands=islands,
     )
+    _warn_if_mostly_float32(report, source)
     rebuilt.fp16cont_report = report
     return rebuilt
+
+
+def dtype_mix(variables: Sequence[Any]) -> tuple[tuple[str, int, int, int], ...]:
+    """Variables, values and bytes per dtype, measured on real variables.
+
+    Args:
+        variables: Keras variables (``model.weights``).
+
+    Returns:
+        ``(dtype, variables, values, bytes)`` rows, largest byte count first.
+
+    Example:
+        >>> dtype_mix([keras.Variable(np.zeros(3, "float32"))])
+        (('float32', 1, 3, 12),)
+    """
+    rows: dict[str, list[int]] = {}
+    for v in variables:
+        row = rows.setdefault(str(v.dtype), [0, 0, 0])
+        size = int(np.prod(v.shape))
+        row[0] += 1
+        row[1] += size
+        row[2] += size * numpy_dtype(v.dtype).itemsize
+    return tuple(sorted(((k, *r) for k, r in rows.items()), key=lambda r: -r[3]))  # type: ignore[misc]
+
+
+def check_dtypes(
+    rebuilt: keras.Model, source: keras.Model, plan: PolicyPlan
+) -> tuple[tuple[str, str, str], ...]:
+    """Check every variable of the built model against the plan.
+
+    Each floating-point variable must have the variable dtype of its layer's
+    planned policy. A float32 variable where the plan says 16-bit is an error
+    (the model would silently train in float32); a planned island that came
+    out 16-bit is a warning.
+
+    Args:
+        rebuilt: The built 16-bit model.
+        source: The float32 source model.
+        plan: The :class:`~fp16cont.policies.PolicyPlan` used to build it.
+
+    Returns:
+        ``(layer path, policy, reason)`` for every island layer of the built model.
+
+    Raises:
+        RebuildError: Naming the layers whose variables stayed float32 and the fix.
+    """
+    pairs = _pair_layers(rebuilt, source)
+    owner: dict[int, keras.layers.Layer] = {}
+    for layer in iter_layers(rebuilt):  # parents first: the deepest owner wins
+        for v in layer.weights:
+            owner[id(v)] = layer
+    unplanned: dict[str, str] = {}
+    missed: dict[str, str] = {}
+    for v in rebuilt.weights:
+        if "float" not in str(v.dtype):
+            continue
+        layer = owner.get(id(v))
+        old = pairs.get(id(layer)) if layer is not None else None
+        planned = plan(old) if old is not None else plan.main
+        expected = keras.DTypePolicy(planned).variable_dtype
+        where = (layer.path or layer.name) if layer is not None else v.path
+        if str(v.dtype) == expected:
+            continue
+        if is_low_float(expected):
+            unplanned.setdefault(where, f"{type(layer).__name__}: {v.path} is {v.dtype}")
+        else:
+            missed.setdefault(where, f"{v.path} is {v.dtype}, planned {expected}")
+    if unplanned:
+        listed = "; ".join(f"{k} ({d})" for k, d in list(unplanned.items())[:5])
+        raise RebuildError(
+            f"{len(unplanned)} layer(s) of {source.name!r} kept float32 variables where the plan "
+            f"says {plan.main}: {listed}. The layer creates them with a fixed dtype (or "
+            "outside its dtype policy). Fix: accept them as float32 islands with "
+            f"keep_float32=(..., {next(iter(unplanned))!r}) (a layer class or a name/path "
+            "pattern), or create the variables with dtype=self.variable_dtype in the layer."
+        )
+    if missed:
+        warnings.warn(
+            f"{len(missed)} planned float32 island layer(s) of {source.name!r} came out 16-bit "
+            f"(their constructor fixes the dtype): {'; '.join(list(missed)[:5])}. The report "
+            "lists the dtypes as built.",
+            stacklevel=3,
+        )
+    islands = []
+    for layer in iter_layers(rebuilt):
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        policy = effective_policy(layer).name
+        if policy == plan.main:
+            continue
+        old = pairs.get(id(layer))
+        reason = (plan.reason(old) if old is not None else None) or "set by the model's own code"
+        islands.append((layer.path or layer.name, policy, reason))
+    return tuple(islands)
+
+
+def _pair_layers(rebuilt: keras.Model, source: keras.Model) -> dict[int, keras.layers.Layer]:
+    new, old = list(iter_layers(rebuilt)), list(iter_layers(source))
+    if len(new) == len(old) and all(type(a) is type(b) for a, b in zip(new, old)):
+        return {id(a): b for a, b in zip(new, old)}
+    by_path: dict[str, keras.layers.Layer] = {}
+    for layer in old:
+        by_path.setdefault(layer.path or layer.name, layer)
+    return {id(a): by_path[a.path or a.name] for a in new if (a.path or a.name) in by_path}
+
+
+def _warn_if_mostly_float32(report: BuildReport, source: keras.Model) -> None:
+    share = report.sixteen_bit_share
+    if report.mode == "pure" and share is not None and share < 0.5:
+        warnings.warn(
+            f"Only {share:.0%} of the floating-point values of {source.name!r} are "
+            f"{report.precision}; the rest stay float32 in islands "
+            f"({', '.join(f'{p}: {why}' for p, _, why in report.islands[:5])}). Fix: name fewer "
+            "islands with keep_float32=(...), e.g. keep_float32=('normalization',) to let the "
+            "output layer train in 16-bit; for weights kept float32 because they overflow "
+            "float16, use precision='bfloat16'.",
+            stacklevel=3,
+        )
 
 
 def weight_bytes(variables: Sequence[Any]) -> int:
@@ -165,7 +288,7 @@ def float_precision(model: keras.Model) -> str:
     owners = {id(v): layer for layer in iter_layers(model) for v in layer.trainable_weights}
     for v in model.trainable_weights:
         layer = owners.get(id(v))
-        compute = str(layer.dtype_policy.compute_dtype) if layer is not None else str(v.dtype)
+        compute = str(effective_policy(layer).compute_dtype) if layer is not None else str(v.dtype)
         name = str(v.dtype) if is_low_float(v.dtype) or not is_low_float(compute) else f"mixed_{compute}"
         counts[name] = counts.get(name, 0) + int(np.prod(v.shape))
     floats = {k: c for k, c in counts.items() if "float" in k}
@@ -182,7 +305,7 @@ def _kept_float32_paths(source: keras.Model, weights: QuantizedWeights | None) -
 
 def _layer_policies(model: keras.Model) -> tuple[tuple[str, str], ...]:
     return tuple(
-        (layer.path or layer.name, layer.dtype_policy.name)
+        (layer.path or layer.name, effective_policy(layer).name)
         for layer in iter_layers(model)
         if not isinstance(layer, keras.layers.InputLayer)
     )

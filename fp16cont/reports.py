@@ -161,7 +161,7 @@ class Verification:
 
 @dataclass(frozen=True)
 class BuildReport:
-    """What :func:`fp16cont.build_fp16_model` built.
+    """What :func:`fp16cont.build_fp16_model` built, measured on the built model.
 
     Attributes:
         precision: The 16-bit format.
@@ -171,6 +171,15 @@ class BuildReport:
         weight_bytes: Bytes of all the model's variables.
         quantization: The audit of the cast, when weights were cast.
         verification: The probe batch comparison, when ``verify=True``.
+        dtype_mix: ``(dtype, variables, values, bytes)`` per variable dtype,
+            read from the built model's variables.
+        islands: ``(layer path, policy, reason)`` for each layer that does not
+            run in the main policy.
+
+    Example:
+        >>> r = BuildReport("bfloat16", "pure", (), (), 4, dtype_mix=(("bfloat16", 1, 2, 4),))
+        >>> r.sixteen_bit_share
+        1.0
     """
 
     precision: str
@@ -180,16 +189,35 @@ class BuildReport:
     weight_bytes: int
     quantization: QuantizationReport | None = None
     verification: Verification | None = None
+    dtype_mix: tuple[tuple[str, int, int, int], ...] = ()
+    islands: tuple[tuple[str, str, str], ...] = ()
+
+    @property
+    def sixteen_bit_share(self) -> float | None:
+        """Share of the floating-point values stored in 16-bit (``None`` without floats)."""
+        floats = [(d, n) for d, _, n, _ in self.dtype_mix if "float" in d]
+        total = sum(n for _, n in floats)
+        if not total:
+            return None
+        return sum(n for d, n in floats if d in ("float16", "bfloat16")) / total
 
     def summary(self) -> str:
-        """A few readable lines about the rebuilt model."""
+        """A few readable lines about the rebuilt model: the measured dtype mix,
+        the islands and why, and the probe check."""
+        share = self.sixteen_bit_share
+        stored = "n/a" if share is None else f"{share:.1%}"
         lines = [
             f"{self.mode} {self.precision} model, {format_bytes(self.weight_bytes)} of weights, "
-            f"{len(self.float32_variables)} float32 island variable(s)"
+            f"{stored} of floating-point values stored in 16-bit, "
+            f"{len(self.float32_variables)} float32 variable(s)"
         ]
-        islands = [f"{p} ({pol})" for p, pol in self.layer_policies if pol != self._main_policy]
-        if islands:
-            lines.append("islands: " + ", ".join(islands))
+        if self.dtype_mix:
+            lines.append(
+                "dtypes: "
+                + ", ".join(f"{d} {v} var(s) {n:,} values {format_bytes(b)}" for d, v, n, b in self.dtype_mix)
+            )
+        if self.islands:
+            lines.append("islands: " + ", ".join(f"{p} ({pol}: {why})" for p, pol, why in self.islands))
         if self.verification:
             v = self.verification
             agree = "n/a" if v.argmax_agreement is None else f"{v.argmax_agreement:.1%}"
@@ -225,6 +253,8 @@ class TrainingResult:
         guard_events: What the NaN guard did, event by event.
         stagnation: Cancelled/lost updates of the last step, per layer.
         optimizer_state: Audit of the optimizer state carried over, if any.
+        engine: The execution mode that ran the steps (``"fit"``,
+            ``"resident"`` or ``"streamed"``); ``engine_reason`` says why.
         initial_epoch: Epochs already done when this run started (resumed
             from ``checkpoint_dir``).
     """
@@ -246,6 +276,8 @@ class TrainingResult:
     stagnation: Any = None
     optimizer_state: QuantizationReport | None = None
     initial_epoch: int = 0
+    engine: str = "fit"
+    engine_reason: str = ""
 
     @property
     def bytes_per_parameter(self) -> float:

@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -21,9 +22,12 @@ __all__ = ["probe_batch", "compare_models"]
 
 
 def probe_batch(model: keras.Model, rows: int = 16, seed: int = 0) -> Any | None:
-    """A deterministic batch that fits the model's inputs.
+    """A deterministic batch that fits the model's inputs, in their structure.
 
-    Float inputs get standard-normal values, integer inputs zeros and ones.
+    Float inputs get standard-normal values. Integer inputs get valid token
+    ids (0 and 1, below any vocabulary and segment count), and inputs named
+    like a mask get ones. Dict, list and nested inputs keep their structure;
+    unknown lengths become 8.
 
     Args:
         model: A built model.
@@ -31,15 +35,19 @@ def probe_batch(model: keras.Model, rows: int = 16, seed: int = 0) -> Any | None
         seed: Random seed.
 
     Returns:
-        An array (or a list of arrays for several inputs), or ``None`` when the
-        model declares no input shape.
+        An array, or a dict / list of arrays shaped like ``model.input``, or
+        ``None`` when the model declares no input shape.
+
+    Example:
+        >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        >>> probe_batch(m, rows=4).shape
+        (4, 3)
     """
     rng = np.random.default_rng(seed)
-    specs = _input_specs(model)
-    if not specs:
+    structure = _input_structure(model)
+    if structure is None:
         return None
-    arrays = [_random_input(rng, rows, shape, dtype) for shape, dtype in specs]
-    return arrays[0] if len(arrays) == 1 else arrays
+    return keras.tree.map_structure(lambda spec: _random_input(rng, rows, spec), structure)
 
 
 def compare_models(source: keras.Model, rebuilt: keras.Model, rows: int = 16) -> Verification | None:
@@ -74,22 +82,43 @@ def compare_models(source: keras.Model, rebuilt: keras.Model, rows: int = 16) ->
     return Verification(rows, diff, _argmax_agreement(expected[0], actual[0]))
 
 
-def _input_specs(model: keras.Model) -> list[tuple[tuple[int, ...], str]]:
-    inputs = getattr(model, "inputs", None)
+@dataclass(frozen=True)
+class _Spec:
+    shape: tuple[Any, ...]
+    dtype: str = "float32"
+    name: str = ""
+
+
+def _input_structure(model: keras.Model) -> Any | None:
+    """:class:`_Spec` leaves in the structure of the model's input."""
     try:
-        if inputs:
-            return [(tuple(t.shape[1:]), str(t.dtype)) for t in keras.tree.flatten(inputs)]
+        inputs = model.input if getattr(model, "inputs", None) else None
     except (AttributeError, ValueError):
-        pass
+        inputs = None
+    if inputs is not None:
+        return keras.tree.map_structure(
+            lambda t: _Spec(tuple(t.shape[1:]), str(t.dtype), str(getattr(t, "name", ""))), inputs
+        )
     shape = (model.get_build_config() or {}).get("input_shape")
-    if shape and all(isinstance(d, (int, type(None))) for d in shape):
-        return [(tuple(shape[1:]), "float32")]
-    return []
+    if _is_shape(shape):
+        return _Spec(tuple(shape[1:]))
+    if isinstance(shape, (list, tuple)) and shape and all(_is_shape(s) for s in shape):
+        return [_Spec(tuple(s[1:])) for s in shape]
+    if isinstance(shape, dict) and shape and all(_is_shape(s) for s in shape.values()):
+        return {k: _Spec(tuple(s[1:])) for k, s in shape.items()}
+    return None
 
 
-def _random_input(rng: np.random.Generator, rows: int, shape: tuple[Any, ...], dtype: str) -> np.ndarray:
-    full = (rows, *(d if d is not None else 8 for d in shape))
+def _is_shape(shape: Any) -> bool:
+    return isinstance(shape, (list, tuple)) and len(shape) >= 1 and all(isinstance(d, (int, type(None))) for d in shape)
+
+
+def _random_input(rng: np.random.Generator, rows: int, spec: _Spec) -> np.ndarray:
+    dtype, name = spec.dtype, spec.name
+    full = (rows, *(d if d is not None else 8 for d in spec.shape))
     if "int" in dtype or dtype == "bool":
+        if "mask" in name.lower() or dtype == "bool":
+            return np.ones(full, dtype=dtype)
         return rng.integers(0, 2, size=full).astype(dtype)
     return rng.standard_normal(full).astype("float32")
 
