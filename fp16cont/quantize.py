@@ -22,6 +22,7 @@ import numpy as np
 from fp16cont.errors import (
     AlreadyLowPrecisionError,
     InvalidArgumentError,
+    InvalidSourceError,
     NonFiniteWeightsError,
     WeightOverflowError,
 )
@@ -98,7 +99,10 @@ def quantize_weights(
 
     Raises:
         InvalidArgumentError: For an unknown ``precision``/``on_overflow``/``on_nonfinite``.
-        InvalidSourceError: If the source cannot be read.
+        InvalidSourceError: If the source cannot be read, or holds non-numeric
+            arrays (strings, objects, complex). Integer and bool arrays (counters,
+            lookup tables) pass through untouched and are marked
+            ``passed_through`` in the report.
         ModelNotBuiltError: If a model source has no weights yet.
         AlreadyLowPrecisionError: If a variable is already 16-bit.
         WeightOverflowError: With ``on_overflow="raise"``, naming the variables.
@@ -114,6 +118,7 @@ def quantize_weights(
     _check_choice("on_nonfinite", on_nonfinite, _ON_NONFINITE)
     target: LowPrecision = select_precision(precision, warn=False).precision
     weights = read_weights(source, model=model)
+    _check_numeric(weights.paths, weights.arrays)
     _check_not_low(weights.paths, weights.arrays)
     results = [_cast_one(p, a, target, on_overflow) for p, a in zip(weights.paths, weights.arrays)]
     audits = tuple(audit for _, audit in results)
@@ -225,6 +230,22 @@ def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
         raise InvalidArgumentError(
             f"Argument `{name}` should be one of {', '.join(map(repr, allowed))}. "
             f"Received: {name}={value!r}. Fix: pass {name}={allowed[0]!r} (the default)."
+        )
+
+
+def _check_numeric(paths: tuple[str, ...], arrays: tuple[np.ndarray, ...]) -> None:
+    bad = [
+        f"{p} ({a.dtype})"
+        for p, a in zip(paths, arrays)
+        if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_)
+        and not is_low_float(a.dtype)
+    ]
+    if bad:
+        raise InvalidSourceError(
+            f"Argument `source` should hold numeric arrays (floating point, integer or bool). "
+            f"Received: {len(bad)} non-numeric array(s): {', '.join(bad[:5])}. Fix: pass only the "
+            "model's weights, e.g. model.get_weights(); keep strings, objects and complex values "
+            "(vocabularies, metadata) out of the weights."
         )
 
 

@@ -172,3 +172,21 @@ def test_directory_and_truncated_files(tmp_path, trained_model):
 def test_bad_options_are_typed_errors(kwargs):
     with pytest.raises(InvalidArgumentError, match="Received"):
         fp16cont.quantize_weights([np.ones(2, np.float32)], **{"precision": "bfloat16", **kwargs})
+
+
+@pytest.mark.parametrize(
+    "array",
+    [np.array(["a", "b"]), np.array([b"x"]), np.array([object(), 1], dtype=object), np.array([1 + 2j], np.complex64)],
+    ids=["str", "bytes", "object", "complex"],
+)
+def test_non_numeric_arrays_are_refused_with_a_typed_error(array):
+    with pytest.raises(InvalidSourceError, match="non-numeric") as info:
+        fp16cont.quantize_weights([np.ones(2, np.float32), array], "bfloat16")
+    assert "1 (" in str(info.value) and "Fix:" in str(info.value)
+
+
+def test_integer_and_bool_arrays_pass_through_untouched():
+    counter, flags = np.array([3, 7], np.int64), np.array([True, False])
+    q = fp16cont.quantize_weights({"w": np.ones(2, np.float32), "step": counter, "mask": flags}, "bfloat16")
+    assert q.as_dict()["step"].tobytes() == counter.tobytes() and q.as_dict()["mask"].dtype == np.bool_
+    assert [v.passed_through for v in q.report.variables] == [False, True, True]
