@@ -7,6 +7,7 @@ Example:
     >>> result = fp16cont.continue_training(model16, x, y, epochs=5)  # doctest: +SKIP
 """
 
+import fp16cont._quiet  # noqa: F401  (first: a quiet TensorFlow start for the command line)
 from fp16cont.errors import (
     AlreadyLowPrecisionError,
     DataError,

@@ -22,13 +22,47 @@ from typing import Any
 import keras
 import numpy as np
 
-from fp16cont.errors import InvalidSourceError, WeightMismatchError
+from fp16cont.errors import InvalidArgumentError, InvalidSourceError, WeightMismatchError
 from fp16cont.numerics import is_low_float, numpy_dtype
 from fp16cont.sources import to_numpy
 
-__all__ = ["save_checkpoint", "load_checkpoint", "TrainingCheckpoint", "LATEST"]
+__all__ = ["check_checkpoint_dir", "save_checkpoint", "load_checkpoint", "TrainingCheckpoint", "LATEST"]
 
 LATEST = "latest.json"
+
+
+def check_checkpoint_dir(directory: Any) -> Path:
+    """Check that ``directory`` can hold checkpoints, before anything is trained.
+
+    Args:
+        directory: The ``checkpoint_dir`` argument.
+
+    Returns:
+        The folder as a ``Path`` (it may not exist yet).
+
+    Raises:
+        InvalidArgumentError: If it is not a path, or it (or a parent) is an
+            existing file.
+
+    Example:
+        >>> check_checkpoint_dir("ckpt").name
+        'ckpt'
+    """
+    if not isinstance(directory, (str, os.PathLike)) or not str(directory):
+        raise InvalidArgumentError(
+            f"Argument `checkpoint_dir` should be a folder path. Received: checkpoint_dir={directory!r}. "
+            "Fix: pass e.g. checkpoint_dir='ckpt', or None for no checkpoints."
+        )
+    root = Path(directory)
+    for path in (root, *root.parents):
+        if path.exists() and not path.is_dir():
+            what = "is an existing file" if path == root else f"lies inside {str(path)!r}, an existing file"
+            raise InvalidArgumentError(
+                f"Argument `checkpoint_dir` should be a folder, but {str(root)!r} {what}. "
+                f"Received: checkpoint_dir={str(directory)!r}. Fix: pass a new or existing folder "
+                "(the file is left as it is), e.g. checkpoint_dir='ckpt'."
+            )
+    return root
 
 
 def save_checkpoint(model: keras.Model, directory: str | os.PathLike[str], epoch: int, keep: int = 2) -> Path:
@@ -72,8 +106,10 @@ def load_checkpoint(model: keras.Model, directory: str | os.PathLike[str]) -> in
     Raises:
         InvalidSourceError: If ``latest.json`` names a missing or unreadable folder.
         WeightMismatchError: If the checkpoint does not fit the model or its optimizer.
+        InvalidArgumentError: If ``directory`` is an existing file (see
+            :func:`check_checkpoint_dir`).
     """
-    latest = Path(directory) / LATEST
+    latest = check_checkpoint_dir(directory) / LATEST
     if not latest.exists():
         return None
     try:

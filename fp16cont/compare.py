@@ -93,7 +93,10 @@ def resolve_precisions(precisions: str | Sequence[str]) -> tuple[PrecisionPlan, 
         >>> [p.label for p in resolve_precisions(["float32", "mixed_bfloat16"])]
         ['float32', 'mixed_bfloat16']
     """
-    names = (precisions,) if isinstance(precisions, str) else tuple(precisions)
+    try:
+        names = (precisions,) if isinstance(precisions, str) else tuple(precisions)  # type: ignore[arg-type]
+    except TypeError:
+        names = (precisions,)  # type: ignore[assignment]  # not a sequence: _plan names it
     if not names:
         raise InvalidArgumentError(
             "Argument `precisions` is empty. Fix: pass e.g. precisions=('float32', 'auto')."
@@ -226,6 +229,7 @@ def compare(
     source = _as_source(model)
     plans = resolve_precisions(precisions)
     seed_list = _check_seeds(seeds)
+    _check_training_args(optimizer, loss, metrics, warmup)
     (x, y), validation = _check_data(source, train_data, validation_data, batch_size, epochs)
     _check_loss(source, loss)
     metrics = metrics if metrics is not None or _compiled(source, "metrics") else ["accuracy"]
@@ -415,6 +419,35 @@ def _as_source(model: Any) -> keras.Model:
             "so it cannot be the float32 reference. Fix: pass the float32 model the 16-bit one was built from."
         )
     return source
+
+
+def _check_training_args(optimizer: Any, loss: Any, metrics: Any, warmup: Any) -> None:
+    """Check ``optimizer``, ``loss``, ``metrics`` and ``warmup`` before any copy is built or trained."""
+    if not isinstance(warmup, bool):
+        raise InvalidArgumentError(
+            f"Argument `warmup` should be True or False. Received: warmup={warmup!r}. Fix: leave it True."
+        )
+    if metrics is not None and not isinstance(metrics, (list, tuple, Mapping)):
+        raise InvalidArgumentError(
+            f"Argument `metrics` should be a list, tuple or dict of metrics, or None. Received: "
+            f"metrics={metrics!r}. Fix: pass e.g. metrics=['accuracy']."
+        )
+    checks = (("optimizer", optimizer, keras.optimizers, "'sgd', 'adam' or keras.optimizers.SGD(0.01)"),
+              ("loss", loss, keras.losses, "'sparse_categorical_crossentropy'"))
+    for name, value, module, example in checks:
+        if value is None:
+            continue
+        try:
+            ok = module.get(_fresh(value, keras.optimizers) if name == "optimizer" else value) is not None
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            ok, detail = False, f" ({type(err).__name__}: {err})"
+        else:
+            detail = ""
+        if not ok:
+            raise InvalidArgumentError(
+                f"Argument `{name}` is not a Keras {name}. Received: {name}={value!r}{detail}. "
+                f"Fix: pass e.g. {example}, or None for the source model's compiled {name}."
+            )
 
 
 def _check_seeds(seeds: object) -> tuple[int, ...]:

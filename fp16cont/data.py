@@ -15,13 +15,26 @@ import numpy as np
 
 from fp16cont.errors import DataError, InvalidArgumentError
 
-__all__ = ["is_array_like", "check_fit_args", "check_fits_model", "samples_per_epoch", "batch_rows"]
+__all__ = [
+    "is_array_like",
+    "check_fit_args",
+    "check_fits_model",
+    "check_finite",
+    "sample_count",
+    "smaller_than_batch",
+    "partial_batch_notice",
+    "samples_per_epoch",
+    "batch_rows",
+]
+
+_CHUNK_ROWS = 4096  # rows per block of the NaN/Inf scan: bounds its temporary memory
+_SHOWN_ROWS = 5  # row indices named in a NaN/Inf error
 
 
 def is_array_like(x: Any) -> bool:
     """Whether ``x`` is a numpy-like array or a list/dict of them (not a dataset)."""
     if isinstance(x, dict):
-        return all(is_array_like(v) for v in x.values())
+        return bool(x) and all(is_array_like(v) for v in x.values())
     if isinstance(x, (list, tuple)):
         return bool(x) and all(is_array_like(v) for v in x)
     has_dtype = hasattr(x, "dtype") or hasattr(x, "dtypes")  # numpy-like arrays and pandas frames
@@ -39,6 +52,9 @@ def _first_array(x: Any) -> Any:
 def check_fit_args(x: Any, y: Any, batch_size: Any, epochs: Any) -> None:
     """Raise a typed error for arguments ``fit`` would reject late or obscurely.
 
+    A ``batch_size`` larger than the number of samples is valid (Keras
+    trains on one partial batch per epoch); see :func:`smaller_than_batch`.
+
     Args:
         x: Training inputs.
         y: Training targets (``None`` for datasets).
@@ -48,8 +64,10 @@ def check_fit_args(x: Any, y: Any, batch_size: Any, epochs: Any) -> None:
     Raises:
         InvalidArgumentError: For ``epochs`` or ``batch_size`` that are not
             positive integers.
-        DataError: For empty arrays, inputs and targets of different length, or
-            a ``batch_size`` larger than the number of samples.
+        DataError: For empty arrays, or inputs and targets of different length.
+
+    Example:
+        >>> check_fit_args(np.zeros((20, 3)), np.zeros(20), 128, 1)  # 20 < 128 is fine
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
@@ -59,27 +77,96 @@ def check_fit_args(x: Any, y: Any, batch_size: Any, epochs: Any) -> None:
             )
     if x is None:
         raise DataError("Argument `x` is None. Fix: pass training inputs (arrays or a dataset).")
+    _check_data_type(x, "x")
     if not is_array_like(x):
         return
     n = len(_first_array(x))
     if n == 0:
-        raise DataError("The training data is empty (0 samples). Fix: pass at least one batch of samples.")
+        raise DataError("The training data is empty (0 samples). Fix: pass at least one sample.")
     if y is None:
         raise DataError("Arrays `x` were given without targets `y`. Fix: pass y=labels (or a dataset of (x, y)).")
-    if is_array_like(y) and len(_first_array(y)) != n:
+    if not is_array_like(y):
+        raise DataError(
+            f"Argument `y` should hold one target per sample of `x` (an array, or a list/dict of arrays). "
+            f"Received: y of type {type(y).__name__}. Fix: pass e.g. y=np.asarray(labels)."
+        )
+    if len(_first_array(y)) != n:
         raise DataError(
             f"`x` has {n} samples but `y` has {len(_first_array(y))}. Fix: pass inputs and targets "
             "of the same length."
         )
-    if batch_size > n:
+
+
+def _check_data_type(x: Any, what: str) -> None:
+    """Raise for values ``fit`` cannot read as data (numbers, text, lists of plain numbers, plain objects)."""
+    scalar = isinstance(x, (str, bytes, int, float, complex, np.generic)) or (
+        hasattr(x, "shape") and hasattr(x, "dtype") and len(getattr(x, "shape", ())) == 0
+    )
+    empty = isinstance(x, (list, tuple, dict)) and not is_array_like(x)  # empty, or holding plain numbers
+    readable = is_array_like(x) or hasattr(x, "element_spec") or hasattr(x, "__iter__") or hasattr(x, "__getitem__")
+    if scalar or empty or not readable:
         raise DataError(
-            f"batch_size={batch_size} is larger than the {n} training samples, so every epoch is a "
-            f"single partial batch. Fix: pass batch_size <= {n} (the paper uses 128)."
+            f"Argument `{what}` should be training data: numpy arrays (or a list/dict of them), a "
+            f"tf.data.Dataset, a keras.utils.PyDataset or a generator of (x, y) batches. Received: "
+            f"{what}={_short(x)} of type {type(x).__name__}. Fix: convert it, e.g. {what}=np.asarray({what}, "
+            "dtype='float32')."
         )
 
 
-def check_fits_model(model: Any, x: Any, y: Any, loss: Any, validation_data: Any) -> None:
-    """Raise :class:`DataError` when array data cannot fit the model or its loss.
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def sample_count(x: Any) -> int | None:
+    """Samples in array inputs; ``None`` for datasets and generators.
+
+    Example:
+        >>> sample_count({"a": np.zeros((7, 2))})
+        7
+    """
+    return len(_first_array(x)) if is_array_like(x) else None
+
+
+def smaller_than_batch(x: Any, batch_size: int) -> bool:
+    """Whether array inputs hold fewer samples than one batch.
+
+    Such data is valid: like ``fit``, training then runs one partial batch
+    of all the samples per epoch.
+
+    Args:
+        x: Training inputs.
+        batch_size: The batch size for arrays.
+
+    Returns:
+        ``True`` for arrays of fewer than ``batch_size`` samples (``False``
+        for datasets, which keep their own batches).
+
+    Example:
+        >>> smaller_than_batch(np.zeros((20, 3)), 128)
+        True
+    """
+    n = sample_count(x)
+    return n is not None and 0 < n < batch_size
+
+
+def partial_batch_notice(x: Any, batch_size: int) -> str | None:
+    """A one-line notice for data smaller than the batch, else ``None``.
+
+    Example:
+        >>> partial_batch_notice(np.zeros((20, 3)), 128)
+        'fp16cont: 20 training samples < batch_size=128: each epoch is one batch of 20 samples.'
+    """
+    if not smaller_than_batch(x, batch_size):
+        return None
+    n = sample_count(x)
+    return f"fp16cont: {n} training samples < batch_size={batch_size}: each epoch is one batch of {n} samples."
+
+
+def check_fits_model(
+    model: Any, x: Any, y: Any, loss: Any, validation_data: Any, *, check_finite: bool = True
+) -> None:
+    """Raise :class:`DataError` when the data cannot fit the model or its loss.
 
     Args:
         model: The built model.
@@ -87,25 +174,157 @@ def check_fits_model(model: Any, x: Any, y: Any, loss: Any, validation_data: Any
         y: Training targets.
         loss: The loss (its name is used to check sparse labels), or ``None``.
         validation_data: ``(x, y)`` / ``(x, y, sample_weight)``, a dataset, or ``None``.
+        check_finite: Scan numpy (and pandas) inputs and targets for NaN/Inf
+            (one pass over the data, in blocks). ``False`` skips the scan, for
+            data that holds NaN on purpose (e.g. a loss that masks it).
 
     Raises:
         DataError: For inputs of the wrong shape or a non-numeric dtype,
-            sparse labels outside ``[0, classes)``, one-hot labels of the
-            wrong width, or ``validation_data`` of the wrong structure.
+            labels that are not numbers, sparse labels outside ``[0, classes)``
+            or one-hot encoded, one-hot labels of the wrong width, an
+            unbatched ``tf.data.Dataset``, NaN/Inf in array data, or
+            ``validation_data`` of the wrong structure.
+
+    Example:
+        >>> import keras
+        >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        >>> check_fits_model(m, np.zeros((4, 3)), np.zeros(4), "mse", None)
     """
+    _check_batched(model, x, "x")
     _check_inputs(model, x, "x")
+    if is_array_like(y) and not isinstance(y, (dict, list, tuple)):
+        _check_numeric_labels(y, "y")
+    if check_finite:
+        _check_finite_data(x, "x")
+        _check_finite_data(y, "y")
     _check_labels(model, y, loss, "y")
-    if validation_data is None or not (is_array_like(validation_data) or isinstance(validation_data, (list, tuple))):
+    if validation_data is None:
         return
+    if hasattr(validation_data, "element_spec"):
+        _check_batched(model, validation_data, "validation_data")
+        return
+    if not (is_array_like(validation_data) or isinstance(validation_data, (list, tuple, dict, str, bytes))) and (
+        hasattr(validation_data, "__iter__") or hasattr(validation_data, "__getitem__")
+    ):
+        return  # a PyDataset or generator: Keras reads it
     if not isinstance(validation_data, (list, tuple)) or len(validation_data) not in (2, 3):
         raise DataError(
             "Argument `validation_data` should be (x_val, y_val), (x_val, y_val, sample_weight) or a "
-            f"dataset. Received: a {type(validation_data).__name__} of length "
-            f"{len(validation_data) if hasattr(validation_data, '__len__') else '?'}. Fix: pass "
+            f"dataset. Received: {_short(validation_data)} of type {type(validation_data).__name__}. Fix: pass "
             "validation_data=(x_val, y_val)."
         )
     _check_inputs(model, validation_data[0], "validation x")
+    if is_array_like(validation_data[1]) and not isinstance(validation_data[1], (dict, list, tuple)):
+        _check_numeric_labels(validation_data[1], "validation y")
+    if check_finite:
+        _check_finite_data(validation_data[0], "validation x")
+        _check_finite_data(validation_data[1], "validation y")
     _check_labels(model, validation_data[1], loss, "validation y")
+
+
+def check_finite(x: Any, what: str = "x") -> None:
+    """Raise :class:`DataError` if numpy/pandas data holds NaN or Inf.
+
+    Names how many samples (rows) hold a non-finite value and the first of
+    them. Other kinds of data (datasets, tensors, generators) are not read.
+
+    Args:
+        x: An array, a pandas object, or a list/dict of them.
+        what: How the message names the data (``"x"``, ``"validation y"``).
+
+    Raises:
+        DataError: If any row holds NaN or Inf.
+
+    Example:
+        >>> try:
+        ...     check_finite(np.array([[0.0, 1.0], [np.nan, 2.0]]))
+        ... except DataError as err:
+        ...     print(str(err)[:48])
+        `x` holds NaN or Inf in 1 of 2 samples (rows 1)
+    """
+    _check_finite_data(x, what)
+
+
+def _check_finite_data(data: Any, what: str) -> None:
+    if isinstance(data, dict):
+        for key, value in data.items():
+            _check_finite_data(value, f"{what}[{key!r}]")
+        return
+    if isinstance(data, (list, tuple)):
+        for i, value in enumerate(data):
+            _check_finite_data(value, f"{what}[{i}]")
+        return
+    array = _host_array(data)
+    if array is None or array.ndim == 0 or len(array) == 0:
+        return
+    bad = _nonfinite_rows(array)
+    if bad is None:
+        return
+    rows, first = bad
+    n = len(array)
+    where = f"all {n} samples" if rows == n else f"{rows} of {n} samples"
+    shown = ", ".join(map(str, first)) + (", ..." if rows > len(first) else "")
+    raise DataError(
+        f"`{what}` holds NaN or Inf in {where} (rows {shown}): every training step that sees them "
+        "gives a non-finite loss. "
+        "Fix: drop or impute those rows, e.g. keep = np.isfinite(x).reshape(len(x), -1).all(axis=1); "
+        "x, y = x[keep], y[keep]; or pass check_finite=False if the NaN/Inf values are intended "
+        "(e.g. a loss that masks them)."
+    )
+
+
+def _host_array(data: Any) -> np.ndarray | None:
+    """A numpy view of numpy or pandas data with floating values; ``None`` for anything else."""
+    if hasattr(data, "to_numpy") and hasattr(data, "dtypes"):  # pandas: only all-float frames are scanned
+        try:
+            data = data.to_numpy()
+        except (TypeError, ValueError):
+            return None
+    if not isinstance(data, np.ndarray):
+        return None
+    kind = data.dtype.kind
+    if kind in "fc" or (kind == "V" and data.dtype.name in ("bfloat16", "float8_e4m3fn", "float8_e5m2")):
+        return data
+    return None
+
+
+def _nonfinite_rows(array: np.ndarray) -> tuple[int, list[int]] | None:
+    """(rows holding NaN/Inf, the first few of them), or ``None`` when all is finite."""
+    count, first = 0, []
+    for start in range(0, len(array), _CHUNK_ROWS):
+        block = array[start : start + _CHUNK_ROWS]
+        with np.errstate(all="ignore"):
+            if block.dtype.kind == "f" and np.isfinite(np.add.reduce(block, axis=None, dtype=np.float64)):
+                continue  # a finite sum means every value is finite (NaN and Inf propagate)
+        bad = ~np.isfinite(block).reshape(len(block), -1).all(axis=1)
+        hits = np.flatnonzero(bad)
+        count += int(hits.size)
+        first.extend(int(start + i) for i in hits[: max(0, _SHOWN_ROWS - len(first))])
+    return (count, first) if count else None
+
+
+def _check_batched(model: Any, x: Any, what: str) -> None:
+    """Raise for a ``tf.data.Dataset`` whose elements are single samples, not batches."""
+    spec = getattr(x, "element_spec", None)
+    inputs = getattr(model, "inputs", None)
+    if spec is None or not inputs or len(inputs) != 1:
+        return
+    first = spec[0] if isinstance(spec, (tuple, list)) and spec else spec
+    shape = getattr(first, "shape", None)
+    if shape is None or getattr(shape, "rank", len(shape) if hasattr(shape, "__len__") else None) is None:
+        return
+    element = tuple(shape)
+    expected = tuple(inputs[0].shape)
+    sample = expected[1:]
+    if len(element) != len(sample) or (sample and sample[-1] == 1):
+        return  # batched (or a rank Keras adapts by itself)
+    if any(e is not None and r is not None and e != r for e, r in zip(sample, element)):
+        return
+    raise DataError(
+        f"Argument `{what}` is a tf.data.Dataset of single samples (element shape {element}), but "
+        f"model {getattr(model, 'name', '?')!r} takes batches of shape {expected}. Fix: batch it, "
+        "e.g. dataset.batch(128), before passing it (the batch_size argument applies to arrays only)."
+    )
 
 
 def _check_inputs(model: Any, x: Any, what: str) -> None:
@@ -132,12 +351,22 @@ def _loss_key(loss: Any) -> str:
 
 
 def _check_labels(model: Any, y: Any, loss: Any, what: str) -> None:
-    outputs = getattr(model, "outputs", None)
-    name = _loss_key(loss)
-    if not is_array_like(y) or isinstance(y, (dict, list, tuple)) or not outputs or len(outputs) != 1:
+    if not is_array_like(y) or isinstance(y, (dict, list, tuple)):
         return
-    classes = outputs[0].shape[-1]
+    _check_numeric_labels(y, what)
+    outputs = getattr(model, "outputs", None)
+    if not outputs or len(outputs) != 1:
+        return
+    name = _loss_key(loss)
+    output_shape = tuple(outputs[0].shape)
+    classes = output_shape[-1] if output_shape else None
     if "sparsecategorical" in name and classes:
+        if np.ndim(y) == len(output_shape) and np.shape(y)[-1] == classes and classes > 1:
+            raise DataError(
+                f"`{what}` looks one-hot encoded (shape {np.shape(y)}, {classes} columns) but the loss "
+                f"{_loss_label(loss)} takes integer class labels of shape {np.shape(y)[:-1]}. Fix: pass "
+                f"y.argmax(axis=-1), or use loss='categorical_crossentropy' with one-hot labels."
+            )
         labels = np.asarray(y)
         if labels.size and (labels.min() < 0 or labels.max() >= classes):
             raise DataError(
@@ -151,6 +380,31 @@ def _check_labels(model: Any, y: Any, loss: Any, what: str) -> None:
             "Fix: one-hot encode with as many classes as output units, or use "
             "loss='sparse_categorical_crossentropy' with integer labels."
         )
+
+
+def _check_numeric_labels(y: Any, what: str) -> None:
+    values = y.to_numpy() if hasattr(y, "to_numpy") and hasattr(y, "dtypes") else y
+    dtype = getattr(values, "dtype", None)
+    if dtype is None or not isinstance(dtype, np.dtype):
+        return  # tensors of the backends are numeric
+    textual = dtype.kind in "US" or (
+        dtype.kind == "O" and len(values) and isinstance(np.asarray(values).flat[0], (str, bytes))
+    )
+    if textual:
+        sample = ", ".join(repr(str(v)) for v in list(np.unique(np.asarray(values[:50]).astype(str)))[:3])
+        raise DataError(
+            f"`{what}` holds text ({sample}, ...), not numbers. Fix: map the class names to integers, "
+            "e.g. classes, y = np.unique(y, return_inverse=True), and train with "
+            "loss='sparse_categorical_crossentropy'."
+        )
+
+
+def _loss_label(loss: Any) -> str:
+    if isinstance(loss, str):
+        return repr(loss)
+    if isinstance(loss, dict):
+        return repr(loss.get("class_name") or loss.get("config", {}).get("name", "?"))
+    return type(loss).__name__ if not callable(loss) or hasattr(loss, "get_config") else getattr(loss, "__name__", "?")
 
 
 def samples_per_epoch(x: Any, batch_size: int, fit_kwargs: dict[str, Any]) -> int | None:
