@@ -1,17 +1,22 @@
 """Continued training on real MNIST: float32 vs plain 16-bit vs fp16cont vs Keras mixed.
 
-A small CNN is trained briefly in float32, then training continues from the
-same weights and data order as
-  (a) float32,
-  (b) the paper's plain pure 16-bit recipe (every layer 16-bit, Keras'
-      optimizer as is, no compensation),
-  (c) fp16cont pure 16-bit with Kahan-compensated updates,
-  (d) Keras mixed precision (float32 variables, 16-bit compute),
-  (e) fp16cont pure bfloat16 with stochastic rounding (bfloat16 only),
-for several seeds, and a table prints test accuracy (mean ± spread over
-seeds), weight + optimizer bytes and the share of updates rounding cancelled.
+A small CNN is trained briefly in float32 (SGD 0.01, momentum 0.9), then
+training continues from the same weights and data order, with each optimizer
+(``--optimizers``: SGD with momentum, Adam) and learning rate (``--lrs``), as
+  (a) float32                          (``--variants float32``),
+  (b) the paper's plain pure 16-bit recipe: every layer 16-bit, Keras'
+      optimizer as is, no compensation (``plain``),
+  (c) fp16cont pure 16-bit with Kahan-compensated updates (``kahan``),
+  (d) Keras mixed precision: float32 variables, 16-bit compute (``mixed``),
+  (e) fp16cont pure 16-bit with stochastic rounding (``stochastic``),
+for several seeds, and a table per optimizer and learning rate prints test
+accuracy (mean ± spread over seeds), its difference to (a), weight +
+optimizer bytes and the share of updates rounding cancelled (unless
+``--no-stagnation``).
 
 Run:  python benchmarks/mnist_continued.py --data ../shared/data/mnist.npz
+      python benchmarks/mnist_continued.py --optimizers sgd adam --lrs 0.01 0.001 \
+          --variants float32 stochastic kahan --no-stagnation
 """
 
 from __future__ import annotations
@@ -58,18 +63,24 @@ def cnn() -> keras.Model:
     )
 
 
-def variants(precision: str) -> list[tuple[str, dict, dict]]:
-    rows = [
-        ("(a) float32", {"float32": True}, {"compensation": None}),
-        (f"(b) plain pure {precision} (paper)", {"precision": precision, "keep_float32": None},
-         {"compensation": None, "loss_scaling": False}),
-        (f"(c) fp16cont pure {precision} + Kahan", {"precision": precision}, {"compensation": "kahan"}),
-        (f"(d) Keras mixed_{precision}", {"precision": precision, "mode": "mixed"}, {"compensation": None}),
-    ]
-    if precision == "bfloat16":
-        rows.append((f"(e) fp16cont pure {precision} + stochastic", {"precision": precision},
-                     {"compensation": "stochastic"}))
-    return rows
+VARIANTS = ("float32", "plain", "kahan", "mixed", "stochastic")
+
+
+def variants(precision: str, names: tuple[str, ...] = VARIANTS) -> list[tuple[str, dict, dict]]:
+    rows = {
+        "float32": ("(a) float32", {"float32": True}, {"compensation": None}),
+        "plain": (f"(b) plain pure {precision} (paper)", {"precision": precision, "keep_float32": None},
+                  {"compensation": None, "loss_scaling": False}),
+        "kahan": (f"(c) fp16cont pure {precision} + Kahan", {"precision": precision}, {"compensation": "kahan"}),
+        "mixed": (f"(d) Keras mixed_{precision}", {"precision": precision, "mode": "mixed"}, {"compensation": None}),
+        "stochastic": (f"(e) fp16cont pure {precision} + stochastic", {"precision": precision},
+                       {"compensation": "stochastic"}),
+    }
+    return [rows[name] for name in names]
+
+
+def make_optimizer(name: str, lr: float, momentum: float) -> keras.optimizers.Optimizer:
+    return keras.optimizers.Adam(lr) if name == "adam" else keras.optimizers.SGD(lr, momentum=momentum)
 
 
 def build(source: keras.Model, build_kwargs: dict) -> keras.Model:
@@ -87,47 +98,54 @@ def main() -> None:
     parser.add_argument("--test-samples", type=int, default=10000)
     parser.add_argument("--pretrain-epochs", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--lrs", type=float, nargs="+", default=[0.01])
+    parser.add_argument("--optimizers", nargs="+", default=["sgd"], choices=("sgd", "adam"))
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--precision", default="auto", choices=("auto", "float16", "bfloat16"))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--no-stagnation", action="store_true", help="do not count cancelled updates (faster)")
     args = parser.parse_args()
 
     precision = fp16cont.select_precision(args.precision).precision
     (x, y), (xt, yt) = load(args.data, args.train_samples, args.test_samples)
     print(f"MNIST {len(x)} train / {len(xt)} test, 16-bit format {precision}, device {fp16cont.detect_device().name}")
-    results: dict[str, list[tuple[float, int, float | None, float]]] = {}
+    settings = [(opt, lr) for opt in args.optimizers for lr in args.lrs]
+    results: dict[tuple[str, float], dict[str, list[tuple[float, int, float | None, float]]]] = {s: {} for s in settings}
     for seed in args.seeds:
         keras.utils.set_random_seed(seed)
         source = cnn()
-        source.compile(keras.optimizers.SGD(args.lr, momentum=args.momentum), "sparse_categorical_crossentropy",
-                       metrics=["accuracy"])
+        source.compile(keras.optimizers.SGD(0.01, momentum=0.9), "sparse_categorical_crossentropy", metrics=["accuracy"])
         source.fit(x, y, epochs=args.pretrain_epochs, batch_size=128, verbose=0)
         start_acc = source.evaluate(xt, yt, verbose=0, return_dict=True)["accuracy"]
-        print(f"seed {seed}: float32 start accuracy {start_acc:.4f}")
-        for label, build_kwargs, train_kwargs in variants(precision):
-            model = build(source, build_kwargs)
-            keras.utils.set_random_seed(seed)
-            t0 = time.perf_counter()
-            result = fp16cont.continue_training(
-                model, x, y, epochs=args.epochs, batch_size=128, shuffle=True,
-                optimizer=keras.optimizers.SGD(args.lr, momentum=args.momentum), loss="sparse_categorical_crossentropy",
-                metrics=["accuracy"], stagnation=train_kwargs.get("compensation") is not None, verbose=0, **train_kwargs,
-            )
-            wall = time.perf_counter() - t0
-            acc = model.evaluate(xt, yt, verbose=0, return_dict=True)["accuracy"]
-            stagnation = _stagnation(model, x, y, result, train_kwargs, args)
-            results.setdefault(label, []).append((acc, result.weight_bytes + result.optimizer_bytes, stagnation, wall))
-            print(f"  {label}: accuracy {acc:.4f}, {wall:.1f} s")
-    print()
-    print(table(results))
+        print(f"seed {seed}: float32 start accuracy {start_acc:.4f}", flush=True)
+        for opt_name, lr in settings:
+            for label, build_kwargs, train_kwargs in variants(precision, tuple(args.variants)):
+                model = build(source, build_kwargs)
+                keras.utils.set_random_seed(seed)
+                t0 = time.perf_counter()
+                track = train_kwargs.get("compensation") is not None and not args.no_stagnation
+                result = fp16cont.continue_training(
+                    model, x, y, epochs=args.epochs, batch_size=128, shuffle=True,
+                    optimizer=make_optimizer(opt_name, lr, args.momentum), loss="sparse_categorical_crossentropy",
+                    metrics=["accuracy"], stagnation=track, verbose=0, **train_kwargs,
+                )
+                wall = time.perf_counter() - t0
+                acc = model.evaluate(xt, yt, verbose=0, return_dict=True)["accuracy"]
+                stagnation = None if args.no_stagnation else _stagnation(model, x, y, result, train_kwargs, args, opt_name, lr)
+                results[(opt_name, lr)].setdefault(label, []).append(
+                    (acc, result.weight_bytes + result.optimizer_bytes, stagnation, wall))
+                print(f"  {opt_name} lr={lr:g} {label}: accuracy {acc:.4f}, {wall:.1f} s", flush=True)
+    for (opt_name, lr), rows in results.items():
+        print(f"\n{opt_name} lr={lr:g}")
+        print(table(rows))
 
 
-def _stagnation(model, x, y, result, train_kwargs, args) -> float | None:  # type: ignore[no-untyped-def]
+def _stagnation(model, x, y, result, train_kwargs, args, opt_name, lr) -> float | None:  # type: ignore[no-untyped-def]
     if result.precision not in ("float16", "bfloat16"):
         return None
     if train_kwargs.get("compensation") is None:  # plain: what round-to-nearest cancels on the next step
-        return stagnation_audit(model, x, y, optimizer=keras.optimizers.SGD(args.lr, momentum=args.momentum),
+        return stagnation_audit(model, x, y, optimizer=make_optimizer(opt_name, lr, args.momentum),
                                 loss="sparse_categorical_crossentropy", compensation="none").lost_share
     return result.stagnation.lost_share if result.stagnation else None
 

@@ -18,12 +18,12 @@ import keras
 import numpy as np
 
 from fp16cont.errors import InvalidArgumentError, WeightMismatchError
-from fp16cont.numerics import facts, is_low_float
+from fp16cont.numerics import facts, is_low_float, numpy_dtype
 from fp16cont.quantize import audit_cast
 from fp16cont.reports import QuantizationReport, VariableAudit
 from fp16cont.sources import to_numpy
 
-__all__ = ["innermost_optimizer", "carry_optimizer_state"]
+__all__ = ["innermost_optimizer", "carry_optimizer_state", "private_copy", "state_values", "restore_state", "HostValues"]
 
 
 def innermost_optimizer(optimizer: Any) -> Any:
@@ -38,6 +38,103 @@ def innermost_optimizer(optimizer: Any) -> Any:
     while getattr(optimizer, "inner_optimizer", None) is not None:
         optimizer = optimizer.inner_optimizer
     return optimizer
+
+
+def private_copy(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
+    """An unbuilt optimizer of the same class and config, for a wrapper to own.
+
+    Wrappers train this copy instead of the caller's optimizer, which is left
+    unchanged. A learning-rate schedule that cannot be rebuilt from its config
+    (an unregistered custom class) is shared with the copy; schedules hold no
+    state.
+
+    Args:
+        optimizer: Any Keras optimizer, built or not.
+
+    Returns:
+        A new, unbuilt optimizer; :func:`state_values` and
+        :func:`restore_state` carry the values of a built one's variables.
+
+    Raises:
+        InvalidArgumentError: If the optimizer cannot be rebuilt from its config.
+
+    Example:
+        >>> sgd = keras.optimizers.SGD(0.01, momentum=0.9)
+        >>> copy = private_copy(sgd)
+        >>> copy is sgd, copy.get_config()["momentum"]
+        (False, 0.9)
+    """
+    config = optimizer.get_config()
+    try:
+        return type(optimizer).from_config(dict(config))
+    except (TypeError, ValueError) as err:
+        schedule = getattr(optimizer, "_learning_rate", None)  # private Keras API: the schedule object itself
+        if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            raise InvalidArgumentError(
+                f"The optimizer {type(optimizer).__name__} cannot be rebuilt from its config ({err}), and "
+                "fp16cont trains a copy so as to leave yours unchanged. Fix: make its get_config() return "
+                "every __init__ argument, or register its class with @keras.saving.register_keras_serializable()."
+            ) from err
+        return type(optimizer).from_config({**config, "learning_rate": schedule})
+
+
+def state_values(optimizer: keras.optimizers.Optimizer) -> list[np.ndarray] | None:
+    """Host copies of a built optimizer's variables (``None`` if unbuilt).
+
+    Args:
+        optimizer: Any Keras optimizer.
+
+    Returns:
+        One array per variable, in ``optimizer.variables`` order, or ``None``.
+
+    Example:
+        >>> state_values(keras.optimizers.SGD(0.01)) is None
+        True
+    """
+    if not optimizer.built:
+        return None
+    return [np.array(to_numpy(v)) for v in optimizer.variables]
+
+
+class HostValues:
+    """:func:`state_values` held by a wrapper until its private copy is built.
+
+    A plain holder rather than a list attribute: Keras would look for
+    variables and saveables in a list set on an optimizer.
+
+    Example:
+        >>> HostValues(None).values is None
+        True
+    """
+
+    def __init__(self, values: list[np.ndarray] | None) -> None:
+        self.values = values
+
+
+def restore_state(optimizer: keras.optimizers.Optimizer, values: list[np.ndarray]) -> None:
+    """Load :func:`state_values` of an optimizer into its built copy, cast to each variable's dtype.
+
+    Args:
+        optimizer: The built copy.
+        values: What :func:`state_values` returned for the original.
+
+    Raises:
+        InvalidArgumentError: If the original was built for other variables
+            (another count or other shapes), so its state has no place here.
+
+    Example:
+        >>> restore_state(built_copy, state_values(original))  # doctest: +SKIP
+    """
+    variables = list(optimizer.variables)
+    if len(variables) != len(values) or any(tuple(v.shape) != a.shape for v, a in zip(variables, values)):
+        raise InvalidArgumentError(
+            f"The optimizer {type(optimizer).__name__} was already built for other variables "
+            f"({len(values)} optimizer variables, this model needs {len(variables)} of other shapes), "
+            "so its state cannot be carried over. Fix: pass a new, unbuilt optimizer, and carry a trained "
+            "float32 model's state with initial_optimizer_state=model32."
+        )
+    for variable, value in zip(variables, values):
+        variable.assign(value.astype(numpy_dtype(variable.dtype)) if "float" in str(variable.dtype) else value)
 
 
 def carry_optimizer_state(source: keras.Model, target: keras.Model) -> QuantizationReport:

@@ -8,8 +8,11 @@ float32 view of the weight, then writes the result back to 16-bit storage:
 
 - ``"kahan"``: a 16-bit error buffer per weight keeps what rounding dropped
   and adds it back on the next update (2 extra bytes per parameter);
-- ``"stochastic"``: bfloat16 weights are rounded up or down at random, in
-  proportion to the distance (unbiased in expectation; no extra memory);
+- ``"stochastic"``: weights are rounded up or down at random, in proportion
+  to the distance (unbiased in expectation; no extra memory). The noise is a
+  counter-based hash of the element index, the optimizer step and the seed:
+  no random-number state, reproducible on resume, and it fuses into one XLA
+  loop with the rest of the update (see :func:`stochastic_round`);
 - ``"none"``: round-to-nearest, as plain 16-bit training, but with float32
   arithmetic (bias correction, epsilon) and the stagnation counters.
 
@@ -18,7 +21,9 @@ Every write also counts, per variable, the updates that rounding cancelled
 buffer either), which :mod:`fp16cont.stagnation` reports.
 
 Only the public ``keras.ops`` API is used, so the wrapper runs on every Keras
-backend.
+backend. The optimizer given to :class:`CompensatedOptimizer` is never
+changed: the wrapper works on a private copy made from its config (with the
+values of its variables, if it was built), reachable as ``inner_optimizer``.
 
 Example:
     >>> import keras
@@ -35,10 +40,20 @@ from typing import Any, Literal
 import keras
 from keras import ops
 
+from fp16cont.carry import HostValues, private_copy, restore_state, state_values
 from fp16cont.errors import InvalidArgumentError
-from fp16cont.numerics import facts, is_low_float
+from fp16cont.numerics import LOW_PRECISIONS, facts, is_low_float
 
-__all__ = ["Compensation", "SlotDtype", "CompensatedOptimizer", "find_compensated", "COMPENSATIONS"]
+__all__ = [
+    "Compensation",
+    "SlotDtype",
+    "CompensatedOptimizer",
+    "find_compensated",
+    "default_compensation",
+    "stochastic_round",
+    "rounding_key",
+    "COMPENSATIONS",
+]
 
 Compensation = Literal["kahan", "stochastic", "none"]
 SlotDtype = Literal["auto", "float32"]
@@ -49,12 +64,18 @@ COMPENSATIONS: tuple[str, ...] = ("kahan", "stochastic", "none")
 class CompensatedOptimizer(keras.optimizers.Optimizer):
     """Wrap a Keras optimizer so 16-bit weights do not lose small updates.
 
+    The optimizer passed in is left as it is: the wrapper trains a private
+    copy made from its config (``inner_optimizer``), which starts from the
+    values of the given optimizer's variables (iterations, momentum, moments)
+    if it was already built for the same variables. ``learning_rate`` and
+    ``iterations`` are those of the copy, so schedules and callbacks such as
+    ``ReduceLROnPlateau`` act on it through the wrapper.
+
     Args:
         inner_optimizer: Any Keras optimizer (SGD with or without momentum,
             Adam, AdamW, RMSprop, ...). Its hyper-parameters and slots are
             its own; only the arithmetic on 16-bit variables moves to float32.
-        compensation: ``"kahan"``, ``"stochastic"`` (bfloat16 weights only) or
-            ``"none"``.
+        compensation: ``"kahan"``, ``"stochastic"`` or ``"none"``.
         seed: Seed of the stochastic rounding, for reproducible runs.
         slot_dtype: ``"auto"`` keeps optimizer slots (momentum, Adam moments)
             in the variable's 16-bit dtype; ``"float32"`` keeps them in float32.
@@ -68,7 +89,10 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
             or an inner object that is not a Keras optimizer.
 
     Example:
-        >>> model.compile(CompensatedOptimizer(keras.optimizers.Adam(1e-4)), "mse")  # doctest: +SKIP
+        >>> adam = keras.optimizers.Adam(1e-4)
+        >>> opt = CompensatedOptimizer(adam, "stochastic")
+        >>> opt.inner_optimizer is adam, type(opt.inner_optimizer).__name__
+        (False, 'Adam')
     """
 
     def __init__(
@@ -90,7 +114,7 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
         if compensation not in COMPENSATIONS:
             raise InvalidArgumentError(
                 f"Argument `compensation` should be one of {COMPENSATIONS}. Received: "
-                f"compensation={compensation!r}. Fix: compensation='kahan' works for every 16-bit format."
+                f"compensation={compensation!r}. Fix: compensation='stochastic' works for every 16-bit format."
             )
         if slot_dtype not in ("auto", "float32"):
             raise InvalidArgumentError(
@@ -98,9 +122,11 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
                 "Fix: slot_dtype='float32' keeps optimizer moments in float32."
             )
         super().__init__(learning_rate=0.0, name=name or f"compensated_{inner_optimizer.name}", **kwargs)
-        self.inner_optimizer = inner_optimizer
+        # a private copy: the caller's optimizer is never built, trained or patched here
+        self._start_values = HostValues(state_values(inner_optimizer))
+        self.inner_optimizer = private_copy(inner_optimizer)
         self.compensation = compensation
-        self.seed = seed
+        self.seed = int(seed)
         self.slot_dtype = slot_dtype
         self.track_updates = bool(track_updates)
         self.fuse_updates = True
@@ -108,20 +134,17 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
         self._fused_ids: list[int] = []
         self.adjustments: list[str] = []
         self._proxies = _ProxyTable()  # not a dict: Keras would track the variables put in it
-        self._instrument(inner_optimizer)
+        self._instrument(self.inner_optimizer)
 
     # -- building ---------------------------------------------------------
     def build(self, var_list: Sequence[Any]) -> None:
-        """Create the buffers and counters, then build the inner optimizer."""
+        """Create the buffers and counters, then build the inner optimizer.
+
+        Raises:
+            InvalidArgumentError: If the optimizer given at construction was
+                built for other variables (its state cannot be carried over).
+        """
         low = [is_low_float(v.dtype) for v in var_list]
-        if self.compensation == "stochastic":
-            bad = [v.path for v, is_low in zip(var_list, low) if is_low and str(v.dtype) != "bfloat16"]
-            if bad:
-                raise InvalidArgumentError(
-                    f"compensation='stochastic' rounds bfloat16 weights; {len(bad)} variable(s) are "
-                    f"{var_list[low.index(True)].dtype}, e.g. {bad[0]}. Fix: use compensation='kahan' "
-                    "for float16 models."
-                )
         self._buffers = [
             self.add_variable_from_reference(v, name="kahan") if is_low and self.compensation == "kahan" else None
             for v, is_low in zip(var_list, low)
@@ -130,14 +153,11 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
         self._intended = [self._counter(v, "intended") if t else None for v, t in zip(var_list, tracked)]
         self._cancelled = [self._counter(v, "cancelled") if t else None for v, t in zip(var_list, tracked)]
         self._lost = [self._counter(v, "lost") if t else None for v, t in zip(var_list, tracked)]
-        self._seed_generator = keras.random.SeedGenerator(self.seed) if self.compensation == "stochastic" else None
-        if self.slot_dtype == "float32" and self.inner_optimizer.built:
-            self.adjustments.append(
-                "slot_dtype='float32' not applied: the inner optimizer was already built, so its slots keep "
-                "their dtype; wrap an unbuilt optimizer to choose it"
-            )
         self._make_epsilon_safe(var_list)
         self.inner_optimizer.build(var_list)
+        if self._start_values.values is not None:
+            restore_state(self.inner_optimizer, self._start_values.values)
+            self._start_values = HostValues(None)
         super().build(var_list)
         self._low = low
         self._paths = [v.path for v in var_list]
@@ -147,10 +167,7 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
 
     @property
     def variables(self) -> list[Any]:
-        own = list(self._variables)
-        if getattr(self, "_seed_generator", None) is not None:
-            own.append(self._seed_generator.state)
-        return own + list(self.inner_optimizer.variables)
+        return list(self._variables) + list(self.inner_optimizer.variables)
 
     # -- delegation -------------------------------------------------------
     @property
@@ -249,13 +266,18 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
             value = ops.add(value, ops.cast(buffer, "float32"))
         return value
 
-    def _write(self, variable: Any, before: Any, target: Any) -> None:
-        """Store float32 ``target`` into 16-bit ``variable``; ``before`` is its float32 view."""
+    def _write(self, variable: Any, before: Any, target: Any, salt: int = 0) -> None:
+        """Store float32 ``target`` into 16-bit ``variable``; ``before`` is its float32 view.
+
+        ``salt`` tells two writes of one variable in one step apart (0: the
+        update, 1: weight decay), so that their rounding noise differs.
+        """
         index = self._index(variable)
         dtype = variable.dtype
         old = ops.convert_to_tensor(variable) if self._intended[index] is not None else None
         if self.compensation == "stochastic":
-            new = _stochastic_bfloat16(target, self._seed_generator)
+            step = ops.cast(self.inner_optimizer.iterations, "int32")
+            new = stochastic_round(target, dtype, rounding_key(self.seed, step, 2 * index + salt))
         else:
             new = ops.cast(target, dtype)
         buffer = self._buffers[index]
@@ -287,10 +309,15 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
                 "the optimizer moments are stored in float16"
             )
 
-    # -- instrumenting the inner optimizer ---------------------------------
+    # -- instrumenting the private copy -----------------------------------
     def _instrument(self, inner: keras.optimizers.Optimizer) -> None:
+        """Route the private copy's 16-bit writes through :meth:`_write`.
+
+        ``inner`` is this wrapper's own copy (never the caller's optimizer),
+        so setting instance attributes on it changes nothing outside.
+        """
         cls = type(inner)
-        self._original_index = inner._get_variable_index
+        self._original_index = inner._get_variable_index  # private Keras API
         wrapper = self
 
         def get_index(variable: Any) -> Any:
@@ -328,22 +355,23 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
 
         def weight_decay(variables: Sequence[Any]) -> None:
             low = [v for v in variables if is_low_float(v.dtype)]
-            cls._apply_weight_decay(inner, [v for v in variables if not is_low_float(v.dtype)])
+            cls._apply_weight_decay(inner,  # private Keras API
+                                    [v for v in variables if not is_low_float(v.dtype)])
             if inner.weight_decay is None:
                 return
             for variable in low:
-                if inner._use_weight_decay(variable):
+                if inner._use_weight_decay(variable):  # private Keras API
                     before = wrapper._proxy(variable)
                     decay = ops.cast(inner.learning_rate, "float32") * ops.cast(inner.weight_decay, "float32")
-                    wrapper._write(variable, before, ops.subtract(before, ops.multiply(before, decay)))
+                    wrapper._write(variable, before, ops.subtract(before, ops.multiply(before, decay)), salt=1)
 
-        inner._get_variable_index = get_index
+        inner._get_variable_index = get_index  # private Keras API
         inner.update_step = update_step
         inner.assign = writer(lambda proxy, value: value, cls.assign.__get__(inner))
         inner.assign_add = writer(ops.add, cls.assign_add.__get__(inner))
         inner.assign_sub = writer(ops.subtract, cls.assign_sub.__get__(inner))
         inner.add_variable_from_reference = add_slot
-        inner._apply_weight_decay = weight_decay
+        inner._apply_weight_decay = weight_decay  # private Keras API
 
 
 class _ProxyTable:
@@ -381,13 +409,121 @@ def _dense_float32(gradient: Any) -> Any:
     return ops.cast(_dense(gradient), "float32")
 
 
-def _stochastic_bfloat16(x: Any, seed_generator: Any) -> Any:
-    """Round float32 ``x`` to bfloat16 up or down with probability by distance.
+def default_compensation(precision: str) -> str | None:
+    """The compensation ``continue_training(compensation="auto")`` uses for a precision.
 
-    Adds uniform random bits below bfloat16's last mantissa bit and truncates,
-    so the result is unbiased: E[round(x)] == x.
+    Chosen by measurement (``benchmarks/mnist_continued.py``, see
+    ``benchmarks/RESULTS.md``): for pure 16-bit models stochastic rounding
+    matches float32 test accuracy within 0.2 pp with SGD+momentum and Adam and
+    keeps weight + optimizer bytes at about half of float32 (Kahan needs a
+    16-bit buffer per weight: 0.75x with momentum, 0.67x with Adam).
+
+    Args:
+        precision: The model's float precision: ``"float16"``, ``"bfloat16"``,
+            ``"mixed_float16"``, ``"mixed_bfloat16"`` or ``"float32"``.
+
+    Returns:
+        ``"stochastic"`` for pure 16-bit models; ``None`` otherwise (float32
+        variables need no compensation).
+
+    Example:
+        >>> default_compensation("bfloat16"), default_compensation("mixed_bfloat16")
+        ('stochastic', None)
     """
-    bits = ops.view(ops.cast(x, "float32"), "int32")
-    noise = keras.random.randint(ops.shape(bits), 0, 1 << 16, dtype="int32", seed=seed_generator)
-    rounded = ops.bitwise_and(ops.add(bits, noise), ops.convert_to_tensor(-65536, dtype="int32"))
-    return ops.cast(ops.view(rounded, "float32"), "bfloat16")
+    return "stochastic" if precision in LOW_PRECISIONS else None
+
+
+def rounding_key(seed: int, step: Any, salt: Any = 0) -> Any:
+    """The 32-bit key of one stochastic rounding: a hash of seed, step and salt.
+
+    Args:
+        seed: The user's seed.
+        step: The optimizer step (an int32 scalar tensor or a Python int).
+        salt: Tells roundings of one step apart (e.g. the variable's index).
+
+    Returns:
+        An int32 scalar tensor.
+
+    Example:
+        >>> int(rounding_key(0, 1)) != int(rounding_key(0, 2))
+        True
+    """
+    base = _lowbias32(ops.convert_to_tensor(_wrap32(int(seed) * 0x9E3779B9 + 0x6A09E667), dtype="int32"))
+    mixed = ops.add(ops.multiply(ops.cast(salt, "int32"), _i32(0x85EBCA6B)), base)
+    return _lowbias32(ops.add(ops.multiply(ops.cast(step, "int32"), _i32(0x9E3779B9)), _lowbias32(mixed)))
+
+
+def stochastic_round(x: Any, dtype: str, key: Any) -> Any:
+    """Round float32 ``x`` to ``dtype`` up or down with probability by distance.
+
+    A counter-based hash of each element's index and ``key`` gives uniform
+    noise below the target format's last mantissa bit; it is added to the
+    float32 bit pattern, which is then truncated. Hence
+    ``P(up) = distance to the lower neighbour / spacing`` and ``E[result] == x``.
+    There is no random-number state: the same key gives the same rounding,
+    and the arithmetic is integer element-wise code that XLA fuses.
+
+    - ``"bfloat16"``: the low 16 bits are dropped; exact for every finite value.
+    - ``"float16"``: the low 13 bits are dropped, which is exact for normal
+      float16 values (``|x| >= 2**-14``); the final cast then rounds float16
+      subnormals to nearest, which leaves a bias of at most half a subnormal
+      spacing (``2**-25``) per value. Values beyond the float16 range
+      overflow to infinity as with a cast.
+
+    NaN stays NaN and infinities stay infinite.
+
+    Args:
+        x: A float32 tensor.
+        dtype: ``"bfloat16"`` or ``"float16"``.
+        key: An int32 scalar, e.g. from :func:`rounding_key`.
+
+    Returns:
+        A tensor of ``dtype`` and the shape of ``x``.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.full(10000, 1.0 + 2.0**-9, np.float32)  # a quarter of the way to the next bfloat16
+        >>> r = keras.ops.convert_to_numpy(keras.ops.cast(stochastic_round(x, "bfloat16", rounding_key(0, 0)), "float32"))
+        >>> sorted(set(r.tolist())), abs(r.mean() - x[0]) < 2e-4
+        ([1.0, 1.0078125], True)
+    """
+    name = str(getattr(dtype, "name", dtype))
+    drop = facts("float32").mantissa_bits - facts(name).mantissa_bits  # 16 for bfloat16, 13 for float16
+    x = ops.cast(x, "float32")
+    bits = ops.view(x, "int32")
+    shape = ops.shape(x)
+    index = ops.reshape(ops.arange(_size(shape), dtype="int32"), shape)
+    noise = _shift_right(_lowbias32(ops.add(index, key)), 32 - drop)
+    rounded = ops.view(ops.bitwise_and(ops.add(bits, noise), _i32(-(1 << drop))), "float32")
+    return ops.cast(ops.where(ops.isnan(x), x, rounded), name)
+
+
+def _size(shape: Any) -> int:
+    size = 1
+    for dim in shape:
+        size *= int(dim)
+    return size
+
+
+def _wrap32(value: int) -> int:
+    """``value`` as a two's-complement int32."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def _i32(value: int) -> Any:
+    return ops.convert_to_tensor(_wrap32(value), dtype="int32")
+
+
+def _shift_right(h: Any, n: int) -> Any:
+    """Logical right shift of int32 ``h`` (the backends shift signed values arithmetically)."""
+    return ops.bitwise_and(ops.right_shift(h, _i32(n)), _i32((1 << (32 - n)) - 1))
+
+
+def _lowbias32(h: Any) -> Any:
+    """The lowbias32 integer hash (a bijection of 32-bit words), on int32 with wrap-around."""
+    h = ops.bitwise_xor(h, _shift_right(h, 16))
+    h = ops.multiply(h, _i32(0x7FEB352D))
+    h = ops.bitwise_xor(h, _shift_right(h, 15))
+    h = ops.multiply(h, _i32(0x846CA68B))
+    return ops.bitwise_xor(h, _shift_right(h, 16))

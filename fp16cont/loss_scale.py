@@ -5,6 +5,8 @@ Keras applies loss scaling only to the ``mixed_float16`` policy, and its
 extends it: the scale stays within ``[min_scale, max_scale]``, skipped steps
 are counted, and consecutive non-finite steps at the floor are counted so that
 :class:`LossScaleMonitor` can stop with a typed error instead of a silent stall.
+Like :class:`~fp16cont.compensation.CompensatedOptimizer`, it leaves the
+optimizer it is given unchanged and trains a private copy (``inner_optimizer``).
 
 Example:
     >>> import keras
@@ -20,6 +22,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from fp16cont.carry import HostValues, private_copy, restore_state, state_values
 from fp16cont.errors import InvalidArgumentError, LossScaleFloorError
 
 __all__ = ["DynamicLossScale", "LossScaleMonitor", "find_loss_scale"]
@@ -28,6 +31,11 @@ __all__ = ["DynamicLossScale", "LossScaleMonitor", "find_loss_scale"]
 @keras.saving.register_keras_serializable(package="fp16cont")
 class DynamicLossScale(keras.optimizers.LossScaleOptimizer):
     """A ``LossScaleOptimizer`` with a floor, a ceiling and skip counters.
+
+    Keras' ``LossScaleOptimizer`` resets its inner optimizer's
+    ``loss_scale_factor``, builds it and trains it; this one does so on a
+    private copy made from the given optimizer's config (starting from its
+    variables' values if it was built), so the given optimizer is unchanged.
 
     Args:
         inner_optimizer: The optimizer that applies the unscaled gradients.
@@ -62,7 +70,11 @@ class DynamicLossScale(keras.optimizers.LossScaleOptimizer):
                 f"{initial_scale}, max_scale={max_scale}, dynamic_growth_steps={dynamic_growth_steps}. "
                 "Fix: e.g. DynamicLossScale(opt, initial_scale=2**15, min_scale=1, max_scale=2**24)."
             )
+        start = state_values(inner_optimizer) if isinstance(inner_optimizer, keras.optimizers.Optimizer) else None
+        if isinstance(inner_optimizer, keras.optimizers.Optimizer):
+            inner_optimizer = private_copy(inner_optimizer)  # Keras' base class would change the given one
         super().__init__(inner_optimizer, initial_scale=initial_scale, dynamic_growth_steps=dynamic_growth_steps, name=name, **kwargs)
+        self._start_values = HostValues(start)
         self.min_scale = float(min_scale)
         self.max_scale = float(max_scale)
 
@@ -70,6 +82,9 @@ class DynamicLossScale(keras.optimizers.LossScaleOptimizer):
         self.skipped_steps = self.add_variable(shape=(), dtype="int32", initializer="zeros", name="skipped_steps")
         self.floor_hits = self.add_variable(shape=(), dtype="int32", initializer="zeros", name="floor_hits")
         super().build(var_list)
+        if self._start_values.values is not None:
+            restore_state(self.inner_optimizer, self._start_values.values)
+            self._start_values = HostValues(None)
 
     def _stateful_handle_finite_grads(self, grads: Any, trainable_variables: Any) -> None:
         super()._stateful_handle_finite_grads(grads, trainable_variables)

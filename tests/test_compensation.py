@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 import fp16cont
-from fp16cont.compensation import CompensatedOptimizer
+from fp16cont.compensation import CompensatedOptimizer, default_compensation, rounding_key, stochastic_round
 from fp16cont.errors import InvalidArgumentError
+from fp16cont.numerics import numpy_dtype, ulp
 
 STEPS = 300
 LR = 1e-4
@@ -91,13 +92,15 @@ def _per_parameter_bytes(result):
     return weight_bytes(tensors) / result.parameters
 
 
-def test_bytes_per_parameter_with_momentum_and_kahan_is_three_quarters_of_float32():
+def test_bytes_per_parameter_with_momentum_kahan_three_quarters_stochastic_half_of_float32():
     _, r32 = _train("float32", None, units=64, momentum=0.9, steps=4)
     _, r16 = _train("bfloat16", "kahan", units=64, momentum=0.9, steps=4)
     _, plain = _train("bfloat16", None, units=64, momentum=0.9, steps=4)
+    _, sr = _train("bfloat16", "stochastic", units=64, momentum=0.9, steps=4)
     assert _per_parameter_bytes(r32) == 8.0  # float32 weight + float32 momentum
     assert _per_parameter_bytes(r16) == 6.0  # bfloat16 weight + momentum + Kahan buffer
     assert _per_parameter_bytes(plain) == 4.0  # 0.5x float32
+    assert _per_parameter_bytes(sr) == 4.0  # stochastic rounding keeps no buffer
     assert r16.weight_bytes == 2 * 64
     # the few scalars (step counters, learning rates, statistics) stay negligible
     assert r16.optimizer_bytes - 4 * 64 < 64
@@ -136,7 +139,129 @@ def test_bad_compensation_settings(kwargs):
         CompensatedOptimizer(keras.optimizers.SGD(0.01), **kwargs)
 
 
-def test_stochastic_rounding_refuses_float16_weights():
-    opt = CompensatedOptimizer(keras.optimizers.SGD(0.01), "stochastic")
-    with pytest.raises(InvalidArgumentError, match="kahan"):
-        opt.build([keras.Variable(np.ones(2, np.float32), dtype="float16")])
+def test_plain_float16_stalls_while_stochastic_rounding_tracks_in_expectation():
+    units = 256
+    w32, _ = _train("float32", None, units=units)
+    w_plain, _ = _train("float16", None, units=units)
+    w_sr, result = _train("float16", "stochastic", units=units, seed=5)
+    moved = 1.0 - w32.mean()
+    assert np.all(w_plain == 1.0)
+    assert abs((1.0 - w_sr.mean()) - moved) < 0.15 * moved
+    assert result.compensation == "stochastic"
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_stochastic_round_is_unbiased_and_picks_a_neighbour(dtype):
+    rng = np.random.default_rng(0)
+    # normal values of both formats over several binades and both signs, 64 copies of each
+    base = (rng.uniform(0.5, 1.0, 64) * 2.0 ** rng.integers(-12, 12, 64) * rng.choice([-1, 1], 64)).astype(np.float32)
+    x = np.repeat(base, 4096)
+    rounded = keras.ops.convert_to_numpy(keras.ops.cast(stochastic_round(x, dtype, rounding_key(1, 7)), "float32"))
+    np_dtype = numpy_dtype(dtype)
+    spacing = np.array([float(ulp(v, dtype)) for v in base]).repeat(4096)
+    # each result is one of the two neighbours
+    assert np.all(np.abs(rounded - x) < spacing)
+    assert np.all(rounded.astype(np_dtype).astype(np.float32) == rounded)
+    # the mean over 4096 roundings of one value is within 4 standard errors (at most 0.5/64 spacing)
+    error = (rounded - x).reshape(64, 4096).mean(axis=1) / spacing[::4096]
+    assert np.all(np.abs(error) < 4 * 0.5 / 64)
+    assert len(np.unique(rounded)) > len(base)  # both neighbours occur
+
+
+def test_stochastic_round_is_a_pure_function_of_key_and_keeps_specials():
+    x = np.array([1.0 + 2.0**-10, np.nan, np.inf, -np.inf, 0.0, 3e38], np.float32)
+    x = np.tile(x, 100)
+    first = keras.ops.convert_to_numpy(keras.ops.cast(stochastic_round(x, "bfloat16", rounding_key(0, 3)), "float32"))
+    again = keras.ops.convert_to_numpy(keras.ops.cast(stochastic_round(x, "bfloat16", rounding_key(0, 3)), "float32"))
+    other = keras.ops.convert_to_numpy(keras.ops.cast(stochastic_round(x, "bfloat16", rounding_key(0, 4)), "float32"))
+    assert np.array_equal(first, again, equal_nan=True)
+    assert not np.array_equal(first, other, equal_nan=True)
+    first = first.reshape(100, 6)
+    assert np.all(np.isnan(first[:, 1])) and np.all(first[:, 2] == np.inf) and np.all(first[:, 3] == -np.inf)
+    assert np.all(first[:, 4] == 0.0) and np.all(np.isfinite(first[:, 5]))
+    f16 = keras.ops.convert_to_numpy(keras.ops.cast(stochastic_round(np.array([1e5, -1e5], np.float32), "float16",
+                                                                      rounding_key(0, 0)), "float32"))
+    assert np.all(np.isinf(f16))  # beyond float16's range: overflows as a cast does
+
+
+def test_default_compensation_by_precision():
+    assert default_compensation("bfloat16") == default_compensation("float16") == "stochastic"
+    assert default_compensation("mixed_bfloat16") is None
+    assert default_compensation("float32") is None
+
+
+_PATCHABLE = ("update_step", "assign", "assign_add", "assign_sub", "add_variable_from_reference",
+              "_get_variable_index", "_apply_weight_decay")
+_OPTIMIZERS = {
+    "sgd": lambda: keras.optimizers.SGD(0.01, momentum=0.9),
+    "adam": lambda: keras.optimizers.Adam(1e-3),
+    "adamw": lambda: keras.optimizers.AdamW(1e-3, weight_decay=0.01),
+}
+
+
+def _fingerprint(optimizer):
+    """Everything a wrapper must leave unchanged on the optimizer it is given."""
+    return {
+        "attributes": sorted(vars(optimizer)),
+        "instance_overrides": [name for name in _PATCHABLE if name in vars(optimizer)],
+        "methods": [getattr(optimizer, name).__func__ is getattr(type(optimizer), name) for name in _PATCHABLE],
+        "built": optimizer.built,
+        "config": repr(optimizer.get_config()),
+        "values": [np.array(keras.ops.convert_to_numpy(v.value)).tobytes() for v in optimizer.variables],
+    }
+
+
+@pytest.mark.parametrize("built", [False, True], ids=["unbuilt", "built"])
+@pytest.mark.parametrize("name", sorted(_OPTIMIZERS))
+def test_the_callers_optimizer_is_never_changed(name, built, digits):
+    (x, y), _ = digits
+    keras.utils.set_random_seed(0)
+    source = keras.Sequential([keras.Input((64,)), keras.layers.Dense(16, activation="relu"),
+                               keras.layers.Dense(10, activation="softmax")])
+    model = fp16cont.build_fp16_model(source, precision="bfloat16", keep_float32=None, verify=False)
+    user = _OPTIMIZERS[name]()
+    if built:  # the user trained the 16-bit model with it already
+        model.compile(user, "sparse_categorical_crossentropy")
+        model.fit(x[:128], y[:128], batch_size=64, verbose=0)
+    before = _fingerprint(user)
+    assert before["methods"] == [True] * len(_PATCHABLE) and not before["instance_overrides"]
+    start = int(user.iterations.numpy()) if built else 0
+    fp16cont.continue_training(model, x[:256], y[:256], batch_size=64, optimizer=user,
+                               loss="sparse_categorical_crossentropy", compensation="stochastic", verbose=0)
+    assert _fingerprint(user) == before
+    inner = model.optimizer.inner_optimizer
+    assert inner is not user and type(inner) is type(user)
+    assert int(inner.iterations.numpy()) == start + 4  # the copy started from the user's state
+    # what ReduceLROnPlateau does reaches the private copy through the chain
+    model.optimizer.learning_rate = 0.125
+    assert float(keras.ops.convert_to_numpy(inner.learning_rate)) == 0.125
+    assert _fingerprint(user) == before
+
+
+def test_loss_scaled_float16_chain_leaves_the_callers_optimizer_unchanged(digits):
+    (x, y), _ = digits
+    keras.utils.set_random_seed(0)
+    source = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10, activation="softmax")])
+    model = fp16cont.build_fp16_model(source, precision="float16", keep_float32=None, verify=False)
+    user = keras.optimizers.Adam(1e-3)
+    before = _fingerprint(user)
+    fp16cont.continue_training(model, x[:128], y[:128], batch_size=64, optimizer=user,
+                               loss="sparse_categorical_crossentropy", compensation="stochastic", verbose=0)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert _fingerprint(user) == before
+    # the wrappers used on their own do not change what they are given either
+    for wrap in (lambda o: fp16cont.loss_scale.DynamicLossScale(o), lambda o: CompensatedOptimizer(o, "kahan")):
+        given = keras.optimizers.SGD(0.01, momentum=0.9)
+        given_before = _fingerprint(given)
+        wrapped = wrap(given)
+        variable = keras.Variable(np.ones(3, np.float32), dtype="float16")
+        wrapped.build([variable])
+        assert _fingerprint(given) == given_before
+
+
+def test_an_optimizer_built_for_other_variables_is_refused():
+    user = keras.optimizers.SGD(0.01, momentum=0.9)
+    user.build([keras.Variable(np.ones(3, np.float32))])
+    opt = CompensatedOptimizer(user, "stochastic")
+    with pytest.raises(InvalidArgumentError, match="built for other variables"):
+        opt.build([keras.Variable(np.ones(5, np.float32), dtype="bfloat16")])
