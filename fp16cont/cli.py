@@ -1,5 +1,9 @@
 """Command line: ``python -m fp16cont demo``, ``audit MODEL`` and ``compare MODEL --data ...``.
 
+TensorFlow's C++ startup log is hidden (see :mod:`fp16cont._quiet`) and
+Python warnings print as one ``note:`` line each, unless ``--verbose`` is
+given.
+
 Example:
     >>> main(["audit", "--help"])  # doctest: +SKIP
     >>> main(["compare", "model.keras", "--data", "mnist.npz", "--epochs", "2", "--out", "results"])  # doctest: +SKIP
@@ -8,7 +12,9 @@ Example:
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,11 +38,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.run(args))
-    except Fp16ContError as err:
-        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        if not args.verbose:
+            _quiet_python_logs()
+        try:
+            return int(args.run(args))
+        except Fp16ContError as err:
+            print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+            return 2
+
+
+def _quiet_python_logs() -> None:
+    """One short line per Python warning; TensorFlow's Python logger only for errors."""
+
+    def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        print(f"note: {category.__name__}: {message}", file=sys.stderr)
+
+    warnings.showwarning = show  # restored by the enclosing catch_warnings()
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,18 +68,22 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--batch-size", type=int, default=128)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    demo.add_argument("--verbose", action="store_true", help=_VERBOSE)
     demo.set_defaults(run=_run_demo)
     audit = sub.add_parser("audit", help="print what casting a saved model to 16-bit would do")
     audit.add_argument("model", help="a .keras or .h5 model file")
     audit.add_argument("--precision", default="auto", choices=("auto", "float16", "bfloat16"))
     audit.add_argument("--on-overflow", default="saturate", choices=("raise", "saturate", "keep_float32"))
     audit.add_argument("--markdown", action="store_true")
+    audit.add_argument("--verbose", action="store_true", help=_VERBOSE)
     audit.set_defaults(run=_run_audit)
     compare = sub.add_parser(
         "compare", help="continue training a saved float32 model in several precisions, side by side"
     )
     compare.add_argument("model", help="a .keras or .h5 model file (float32)")
-    compare.add_argument("--data", required=True, help="cifar10, mnist (downloaded through keras.datasets) or a .npz file")
+    compare.add_argument("--data", required=True,
+                         help="digits (embedded, no network), a .npz file (keras.datasets layout), or "
+                         "mnist / cifar10 (downloaded through keras.datasets the first time)")
     compare.add_argument("--epochs", type=int, default=1)
     compare.add_argument("--precisions", type=_names, default=("float32", "auto"),
                          help="comma-separated: float32, auto, float16, bfloat16, mixed_float16, mixed_bfloat16")
@@ -73,10 +96,15 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", type=Path, default=None, help="directory for comparison.md, comparison.json, comparison.png")
     compare.add_argument("--no-warmup", dest="warmup", action="store_false",
                          help="skip the unmeasured one-batch warm-up of each precision")
-    compare.add_argument("--verbose", default="auto", choices=("auto", "0", "1", "2"), help="Keras progress bar")
+    compare.add_argument("--progress", default="auto", choices=("auto", "0", "1", "2"),
+                         help="Keras' progress bar (0: no progress lines at all)")
     compare.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    compare.add_argument("--verbose", action="store_true", help=_VERBOSE)
     compare.set_defaults(run=_run_compare)
     return parser
+
+
+_VERBOSE = "also show TensorFlow's startup log and Python warnings in full"
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -91,13 +119,16 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from fp16cont.demo import render_demo, run_demo
-    from fp16cont.hardware import detect_device
+    from fp16cont.demo import demo_notes, render_demo, run_demo
+    from fp16cont.hardware import detect_device, select_precision
 
     device = detect_device()
-    print(f"fp16cont demo on {device.name} ({device.kind}), embedded 8x8 digits (1,797 real images)")
+    choice = select_precision(args.precision, device, warn=False)
+    print(f"fp16cont demo on {device.name} ({device.kind}), embedded 8x8 digits (1,797 real images); "
+          f"16-bit format: {choice.reason}", flush=True)
     rows = run_demo(args.pretrain_epochs, args.epochs, args.precision, args.batch_size, args.seed)
     print(render_demo(rows, args.markdown))
+    print(demo_notes(rows, choice.fast))
     return 0
 
 
@@ -116,8 +147,8 @@ def _run_compare(args: argparse.Namespace) -> int:
 
     if args.out is not None:
         _make_dir(args.out)
-    model = load_model(args.model)
     (x, y), (xt, yt) = load_dataset(args.data, limit=args.limit)
+    model = load_model(args.model)
     compiled = getattr(model, "compiled", False) and (model.get_compile_config() or {}).get("loss")
     loss = args.loss or (None if compiled else "sparse_categorical_crossentropy")
     print(f"fp16cont compare: {model.name} on {args.data}: {len(x):,} training and {len(xt):,} validation samples")
@@ -132,10 +163,10 @@ def _run_compare(args: argparse.Namespace) -> int:
         optimizer=args.optimizer,
         loss=loss,
         warmup=args.warmup,
-        verbose=args.verbose if args.verbose == "auto" else int(args.verbose),
+        verbose=args.progress if args.progress == "auto" else int(args.progress),
     )
     print(report.table(args.markdown))
-    print(f"peak memory: {report.memory_measure}")
+    print(report.legend())
     if args.out is not None:
         _write_outputs(report, args.out)
     return 0
@@ -157,7 +188,7 @@ def _write_outputs(report: ComparisonReport, out: Path) -> None:
     (out / "comparison.md").write_text(
         f"# {report.model_name}: continued training by precision\n\n{report.table(markdown=True)}\n\n"
         f"Per epoch:\n\n{report.table(markdown=True, per_epoch=True)}\n\n"
-        f"Peak memory: {report.memory_measure}\n"
+        f"{report.legend()}\n"
     )
     (out / "comparison.json").write_text(report.to_json() + "\n")
     written = ["comparison.md", "comparison.json"]

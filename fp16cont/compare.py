@@ -21,9 +21,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +76,13 @@ class PrecisionPlan:
     def label(self) -> str:
         """``"float32"``, ``"bfloat16"``, ``"mixed_float16"``, ..."""
         return f"mixed_{self.precision}" if self.mode == "mixed" else self.precision
+
+    @property
+    def description(self) -> str:
+        """What the copy trains in: ``"bfloat16 (fp16cont pure)"``, ``"mixed_float16 (Keras mixed)"``, ``"float32"``."""
+        return {"pure": f"{self.precision} (fp16cont pure)", "mixed": f"{self.label} (Keras mixed)"}.get(
+            self.mode, self.precision
+        )
 
 
 def resolve_precisions(precisions: str | Sequence[str]) -> tuple[PrecisionPlan, ...]:
@@ -236,24 +245,25 @@ def compare(
     device = detect_device()
     settings = _Settings(batch_size, optimizer, loss, metrics, verbose)
     talk = verbose not in (0, False)
-    if warmup:
-        if talk:
-            print(f"fp16cont compare: warm-up, one unmeasured batch of {', '.join(p.label for p in plans)}", flush=True)
-        for plan in plans:
-            _warm_up(source, plan, (x, y), validation, settings)
     runs: list[RunRecord] = []
     method = "unavailable"
     total = len(seed_list) * len(plans)
-    for seed in seed_list:
-        for plan in plans:
+    with _no_retracing_warnings():  # every copy is a new model, so each traces its own step once
+        if warmup:
             if talk:
-                print(
-                    f"fp16cont compare [{len(runs) + 1}/{total}]: {plan.label}, seed {seed}, "
-                    f"{epochs} epoch(s) on {len(x):,} samples, batch {batch_size}",
-                    flush=True,
-                )
-            record, method = _run(source, plan, seed, (x, y), validation, epochs, settings)
-            runs.append(record)
+                print(f"warm-up: one unmeasured batch of {', '.join(p.description for p in plans)}", flush=True)
+            for plan in plans:
+                _warm_up(source, plan, (x, y), validation, settings)
+        for seed in seed_list:
+            for plan in plans:
+                if talk:
+                    print(
+                        f"[{len(runs) + 1}/{total}] {plan.description}, seed {seed}: "
+                        f"{epochs} epoch(s) on {len(x):,} samples, batch {batch_size}",
+                        flush=True,
+                    )
+                record, method = _run(source, plan, seed, (x, y), validation, epochs, settings)
+                runs.append(record)
     return ComparisonReport(
         model_name=source.name,
         backend=keras.backend.backend(),
@@ -264,6 +274,23 @@ def compare(
         memory_measure=f"{method}: {describe_method(method)}",
         runs=tuple(runs),
     )
+
+
+class _RetracingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _no_retracing_warnings() -> Iterator[None]:
+    """Drop TensorFlow's retracing warning, which fresh copies of one model trigger by design."""
+    logger = logging.getLogger("tensorflow")
+    only = _RetracingFilter()
+    logger.addFilter(only)
+    try:
+        yield
+    finally:
+        logger.removeFilter(only)
 
 
 class _InitialEvaluation(keras.callbacks.Callback):

@@ -175,7 +175,44 @@ class ComparisonReport:
         """
         if per_epoch:
             return render_table(_EPOCH_HEADERS, [_epoch_row(r, e) for r in self.runs for e in r.epochs], markdown)
-        return render_table(_SUMMARY_HEADERS, [self._summary_row(p) for p in self.precisions], markdown)
+        headers = [*_SUMMARY_HEADERS[:-2], self.memory_column, _SUMMARY_HEADERS[-1]]
+        return render_table(headers, [self._summary_row(p) for p in self.precisions], markdown)
+
+    @property
+    def memory_column(self) -> str:
+        """The title of the measured-memory column: ``"RSS growth"`` (host), ``"GPU peak"`` or ``"peak memory"``."""
+        method = self.memory_measure.split(":", 1)[0]
+        return {"rss": "RSS growth", "rss-reset": "RSS growth", "tensorflow-gpu": "GPU peak", "jax-gpu": "GPU peak"}.get(
+            method, "peak memory"
+        )
+
+    def legend(self) -> str:
+        """What each precision trains in and what each memory column measures, one line each.
+
+        Returns:
+            The lines, without a trailing newline. When a 16-bit run's host
+            RSS growth exceeds float32's, a line says why that is no
+            contradiction of its smaller weight and optimizer bytes.
+
+        Example:
+            >>> print(report.legend())  # doctest: +SKIP
+        """
+        lines = [f"{_display(p)}: " + (_MIXED if p.startswith("mixed_") else _TRAINS_IN.get(p, "")).replace(
+            "{p}", p.removeprefix("mixed_")) for p in self.precisions]
+        lines.append("weight bytes / optimizer bytes: the bytes of the model's and the optimizer's variables "
+                     "after training (what 16-bit storage halves).")
+        lines.append(f"{self.memory_column}: {self.memory_measure}.")
+        float32 = [r.peak_memory_bytes for r in self.runs if r.precision == "float32" and r.peak_memory_bytes]
+        low = [r.peak_memory_bytes for r in self.runs if r.precision != "float32" and r.peak_memory_bytes]
+        if self.memory_column == "RSS growth" and float32 and low and max(low) > max(float32):
+            lines.append(
+                "Why 16-bit RSS growth can exceed float32's while its bytes are smaller: RSS growth counts every "
+                "new host allocation of the process during the run, including one-time costs that only the "
+                "16-bit run has (compiling its compensated update and its bfloat16 kernels, conversion "
+                "buffers); for a small model these outweigh the tensors themselves. On a GPU the column is "
+                "the device's peak allocation, where 16-bit tensors take about half the bytes."
+            )
+        return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain Python values (non-finite floats become ``None``).
@@ -223,7 +260,7 @@ class ComparisonReport:
 
     def _summary_row(self, precision: str) -> list[str]:
         runs = self.runs_for(precision)
-        label = precision if runs[0].requested == precision else f"{precision} ({runs[0].requested})"
+        label = _display(precision) if runs[0].requested == precision else f"{_display(precision)} ({runs[0].requested})"
         return [
             label,
             str(len(runs)),
@@ -241,9 +278,22 @@ class ComparisonReport:
 
 
 _SUMMARY_HEADERS = [
-    "precision", "runs", "loss", "val loss", "val acc before", "val acc after",
-    "wall s", "samples/s", "weights", "optimizer", "peak memory", "updates",
+    "trains in", "runs", "loss", "val loss", "val acc before", "val acc after",
+    "wall s", "samples/s", "weight bytes", "optimizer bytes", "peak memory", "updates",
 ]
+_TRAINS_IN = {
+    "float32": "float32 variables, compute and optimizer state (the reference).",
+    "float16": "{p} variables, compute and optimizer state (pure 16-bit, fp16cont); float32 islands for "
+    "normalization statistics and the output.",
+    "bfloat16": "{p} variables, compute and optimizer state (pure 16-bit, fp16cont); float32 islands for "
+    "normalization statistics and the output.",
+}
+_MIXED = "float32 variables and optimizer state, {p} compute (Keras mixed precision)."
+
+
+def _display(precision: str) -> str:
+    """``"bfloat16"`` -> ``"bfloat16 pure"``; float32 and mixed names as they are."""
+    return f"{precision} pure" if precision in ("float16", "bfloat16") else precision
 _EPOCH_HEADERS = ["precision", "seed", "epoch", "loss", "acc", "val loss", "val acc", "seconds", "samples/s"]
 
 

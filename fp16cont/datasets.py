@@ -1,8 +1,9 @@
 """Load image classification data as float32 images in [0, 1] with a channel axis.
 
-A data set is named (``"cifar10"``, ``"mnist"``: downloaded once through
-``keras.datasets``, which needs the internet the first time) or is a local
-``.npz`` file in the layout of ``keras.datasets``: arrays ``x_train``,
+A data set is named (``"digits"``: the 1,797 8x8 handwritten digits shipped
+inside the package, no network; ``"cifar10"``, ``"mnist"``: downloaded once
+through ``keras.datasets``, which needs the internet the first time) or is a
+local ``.npz`` file in the layout of ``keras.datasets``: arrays ``x_train``,
 ``y_train``, ``x_test`` and ``y_test``.
 
 Images come back as ``float32`` arrays of shape ``(N, H, W, C)`` with values
@@ -10,15 +11,16 @@ in [0, 1]: integer pixels are divided by 255, float pixels must already lie
 in [0, 1]. Labels come back as ``int32`` arrays of shape ``(N,)``.
 
 Example:
-    >>> (x, y), (xt, yt) = load_dataset("../shared/data/mnist.npz", limit=100)  # doctest: +SKIP
-    >>> x.shape, x.dtype, y.shape  # doctest: +SKIP
-    ((100, 28, 28, 1), dtype('float32'), (100,))
+    >>> (x, y), (xt, yt) = load_dataset("digits", limit=100)
+    >>> x.shape, x.dtype, y.shape
+    ((100, 8, 8, 1), dtype('float32'), (100,))
 """
 
 from __future__ import annotations
 
 import os
 import zipfile
+from importlib import resources
 from numbers import Integral
 from pathlib import Path
 from typing import Any
@@ -27,9 +29,13 @@ import numpy as np
 
 from fp16cont.errors import DataError, InvalidArgumentError, InvalidSourceError
 
-__all__ = ["KNOWN_DATASETS", "NPZ_KEYS", "Split", "load_dataset"]
+__all__ = ["KNOWN_DATASETS", "NPZ_KEYS", "Split", "load_dataset", "load_digits"]
 
-KNOWN_DATASETS: tuple[str, ...] = ("cifar10", "mnist")
+KNOWN_DATASETS: tuple[str, ...] = ("digits", "cifar10", "mnist")
+_KERAS_FILES = {  # what keras.datasets downloads, for the offline hint
+    "mnist": "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz",
+    "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+}
 NPZ_KEYS: tuple[str, ...] = ("x_train", "y_train", "x_test", "y_test")
 Split = tuple[np.ndarray, np.ndarray]
 
@@ -38,8 +44,10 @@ def load_dataset(name_or_path: str | os.PathLike[str], *, limit: int | None = No
     """Load a named data set or a local ``.npz`` file as float32 images in [0, 1].
 
     Args:
-        name_or_path: ``"cifar10"`` or ``"mnist"`` (through ``keras.datasets``,
-            cached in ``~/.keras/datasets`` after the first download), or the
+        name_or_path: ``"digits"`` (embedded, no network; split 80/20 as in
+            :func:`load_digits`), ``"cifar10"`` or ``"mnist"`` (through
+            ``keras.datasets``, cached in ``~/.keras/datasets`` after the
+            first download), or the
             path of a ``.npz`` file with ``x_train``, ``y_train``, ``x_test``
             and ``y_test`` (as ``keras.datasets`` returns them). An existing
             file takes precedence over a name.
@@ -72,7 +80,11 @@ def load_dataset(name_or_path: str | os.PathLike[str], *, limit: int | None = No
         )
     path = Path(name_or_path)
     name = str(name_or_path).lower()
-    if not path.is_file() and name in KNOWN_DATASETS:
+    if not path.is_file() and name == "digits":
+        (x, y), (xt, yt) = load_digits()
+        raw = ((x.reshape(-1, 8, 8), y), (xt.reshape(-1, 8, 8), yt))
+        source = "the embedded digits"
+    elif not path.is_file() and name in KNOWN_DATASETS:
         raw = _download(name)
         source = f"keras.datasets.{name}"
     else:
@@ -93,6 +105,32 @@ def _check_limit(limit: object) -> int | None:
     return int(limit)
 
 
+def load_digits(test_fraction: float = 0.2, seed: int = 0) -> tuple[Split, Split]:
+    """The embedded 8x8 digits (1,797 real images), scaled to [0, 1] and split train/test.
+
+    Args:
+        test_fraction: Share of samples held out for testing.
+        seed: Seed of the shuffle before the split.
+
+    Returns:
+        ``((x_train, y_train), (x_test, y_test))`` with ``x`` float32 of shape
+        (n, 64) and ``y`` int32 labels 0..9.
+
+    Example:
+        >>> (x, y), (xt, yt) = load_digits()
+        >>> x.shape, xt.shape
+        ((1437, 64), (360, 64))
+    """
+    with resources.files("fp16cont").joinpath("data/digits.npz").open("rb") as f:
+        data = np.load(f)
+        x = data["images"].reshape(-1, 64).astype("float32") / 16.0
+        y = data["labels"].astype("int32")
+    order = np.random.default_rng(seed).permutation(len(x))
+    cut = int(len(x) * (1 - test_fraction))
+    train, test = order[:cut], order[cut:]
+    return (x[train], y[train]), (x[test], y[test])
+
+
 def _download(name: str) -> tuple[Split, Split]:
     import keras
 
@@ -100,10 +138,11 @@ def _download(name: str) -> tuple[Split, Split]:
         return getattr(keras.datasets, name).load_data()  # type: ignore[no-any-return]
     except Exception as err:  # offline, proxy, truncated cache
         raise DataError(
-            f"Cannot load {name!r} through keras.datasets.{name}.load_data(): "
-            f"{type(err).__name__}: {err}. Fix: run it once with internet access (Keras keeps a "
-            "copy in ~/.keras/datasets), or pass the path of a local .npz file with "
-            f"{', '.join(NPZ_KEYS)}."
+            f"Cannot download {name!r} ({type(err).__name__}: {str(err).splitlines()[0][-80:]}). Fix: fetch "
+            f"{_KERAS_FILES[name]} on a machine with internet"
+            + (" and pass its path, e.g. 'mnist.npz' (--data mnist.npz; the keras.datasets layout)" if name == "mnist"
+               else ", save it as a .npz with x_train, y_train, x_test, y_test and pass its path")
+            + ", or use 'digits' (embedded, no network)."
         ) from err
 
 

@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from importlib import resources
 
 import keras
 import numpy as np
 
 from fp16cont.architecture import clone_with_policies
+from fp16cont.datasets import load_digits
 from fp16cont.rebuild import build_fp16_model
 from fp16cont.tables import format_bytes, render_table
 from fp16cont.train import continue_training
 
-__all__ = ["DemoRow", "load_digits", "digits_model", "run_demo", "render_demo"]
+__all__ = ["DemoRow", "load_digits", "digits_model", "run_demo", "render_demo", "demo_notes"]
 
 
 @dataclass(frozen=True)
@@ -45,26 +45,6 @@ class DemoRow:
     wall_seconds: float
     samples_per_second: float
     weight_bytes: int
-
-
-def load_digits(test_fraction: float = 0.2, seed: int = 0) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """The embedded digits set, scaled to [0, 1] and split train/test.
-
-    Args:
-        test_fraction: Share of samples held out for testing.
-        seed: Seed of the shuffle before the split.
-
-    Returns:
-        ``((x_train, y_train), (x_test, y_test))`` with ``x`` of shape (n, 64).
-    """
-    with resources.files("fp16cont").joinpath("data/digits.npz").open("rb") as f:
-        data = np.load(f)
-        x = data["images"].reshape(-1, 64).astype("float32") / 16.0
-        y = data["labels"].astype("int32")
-    order = np.random.default_rng(seed).permutation(len(x))
-    cut = int(len(x) * (1 - test_fraction))
-    train, test = order[:cut], order[cut:]
-    return (x[train], y[train]), (x[test], y[test])
 
 
 def digits_model(width: int = 1024) -> keras.Model:
@@ -110,17 +90,22 @@ def run_demo(
         One :class:`DemoRow` for float32 and one for 16-bit.
     """
     (x, y), (xt, yt) = load_digits(seed=seed)
+    talk = verbose not in (0, False)
     keras.utils.set_random_seed(seed)
     source = digits_model()
     source.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    if talk:
+        print(f"[pre-training] float32 model, Adam(1e-3), {pretrain_epochs} epoch(s) on {len(x):,} samples", flush=True)
     source.fit(x, y, epochs=pretrain_epochs, batch_size=batch_size, verbose=verbose)
     float32_copy = clone_with_policies(source, lambda layer: None)
     float32_copy.set_weights(source.get_weights())
     float32_copy.compile_from_config(source.get_compile_config())
     candidates = [("float32", float32_copy), ("", build_fp16_model(source, precision=precision))]
     rows = []
-    for label, model in candidates:
+    for i, (label, model) in enumerate(candidates):
         label = label or f"{model.fp16cont_report.precision} (fp16cont pure)"
+        if talk:
+            print(f"[{i + 1}/{len(candidates)}] {label}: continued training, SGD(0.01), {epochs} epoch(s)", flush=True)
         rows.append(_continue(label, model, (x, y), (xt, yt), epochs, batch_size, seed, verbose))
     return rows
 
@@ -152,10 +137,44 @@ def render_demo(rows: list[DemoRow], markdown: bool = False) -> str:
     Returns:
         The table.
     """
-    headers = ["precision", "acc before", "acc after", "wall s", "samples/s", "weight bytes"]
+    headers = ["trains in", "acc before", "acc after", "wall s", "samples/s", "weight bytes"]
     body = [
         [r.label, f"{r.accuracy_before:.2%}", f"{r.accuracy_after:.2%}", f"{r.wall_seconds:.2f}",
          f"{r.samples_per_second:,.0f}", format_bytes(r.weight_bytes)]
         for r in rows
     ]
     return render_table(headers, body, markdown)
+
+
+def demo_notes(rows: list[DemoRow], fast_16bit: bool | None = None) -> str:
+    """Lines under the demo table: what each row trains in, and why 16-bit is not faster when it is not.
+
+    Args:
+        rows: The result of :func:`run_demo` (float32 first).
+        fast_16bit: Whether this device has fast 16-bit arithmetic
+            (:attr:`fp16cont.PrecisionChoice.fast`); ``None`` if unknown.
+
+    Returns:
+        The lines, without a trailing newline.
+
+    Example:
+        >>> print(demo_notes(rows, fast_16bit=True))  # doctest: +SKIP
+    """
+    reference, *others = rows
+    lines = [
+        f"{reference.label}: float32 variables, compute and optimizer state (the reference).",
+        *(f"{r.label}: 16-bit variables, compute and optimizer state; float32 only for the normalization "
+          "statistics and the output layer." for r in others),
+        "weight bytes: the bytes of the model's variables (what 16-bit storage halves).",
+    ]
+    for row in others:
+        if row.samples_per_second > 1.05 * reference.samples_per_second:
+            continue
+        if fast_16bit is False:
+            why = "this processor has no fast 16-bit arithmetic, so 16-bit matrix products run emulated"
+        else:
+            why = ("the extra work of fp16cont's compensated (Kahan) update, which keeps 16-bit training as "
+                   "accurate as float32, offsets the faster 16-bit matrix products of this small model; see "
+                   "benchmarks/RESULTS.md for larger models")
+        lines.append(f"{row.label} is not faster than float32 here: {why}.")
+    return "\n".join(lines)

@@ -285,7 +285,11 @@ class TrainingResult:
         return (self.weight_bytes + self.optimizer_bytes) / self.parameters if self.parameters else 0.0
 
     def summary(self) -> str:
-        """A table with one row per epoch and the byte counts."""
+        """A table with one row per epoch, then what the model trained in and its byte counts.
+
+        Example:
+            >>> print(result.summary())  # doctest: +SKIP
+        """
         metrics = {k: v for k, v in self.history.history.items()}
         names = sorted(metrics)
         rows = [
@@ -298,6 +302,16 @@ class TrainingResult:
         scale += f", {self.rollbacks} rollback(s)" if self.rollbacks else ""
         scale += f", {self.bytes_per_parameter:.1f} B/param"
         return (
-            f"{table}\n{self.precision}: weights {format_bytes(self.weight_bytes)}, optimizer state "
-            f"{format_bytes(self.optimizer_bytes)}, {self.wall_seconds:.1f} s{scale}"
+            f"{table}\ntrained in {_trains_in(self.precision)}\n"
+            f"bytes of variables: weights {format_bytes(self.weight_bytes)}, optimizer state "
+            f"{format_bytes(self.optimizer_bytes)}; {self.wall_seconds:.1f} s{scale}"
         )
+
+
+def _trains_in(precision: str) -> str:
+    """One phrase for what a model of ``precision`` (as :class:`TrainingResult` names it) trains in."""
+    if precision.startswith("mixed_"):
+        return f"{precision}: float32 variables and optimizer state, {precision.removeprefix('mixed_')} compute"
+    if precision in ("float16", "bfloat16"):
+        return f"pure {precision}: {precision} variables, compute and optimizer state (float32 islands aside)"
+    return f"{precision}: {precision} variables and compute"

@@ -8,8 +8,17 @@ from fp16cont.demo import render_demo, run_demo
 from tests.conftest import MODEL_BUILDERS
 
 
-def test_demo_trains_both_precisions_on_real_digits():
-    rows = run_demo(pretrain_epochs=1, epochs=2, verbose=0)
+def test_demo_trains_both_precisions_on_real_digits(capsys):
+    from fp16cont.demo import demo_notes
+
+    rows = run_demo(pretrain_epochs=1, epochs=2, verbose=2)
+    printed = capsys.readouterr().out
+    assert "[pre-training] float32" in printed  # every progress stream is labelled
+    assert "[1/2] float32:" in printed and f"[2/2] {rows[1].label}:" in printed
+    notes = demo_notes(rows, fast_16bit=False)
+    assert f"{rows[1].label}: 16-bit variables, compute and optimizer state" in notes
+    slow = [rows[0], type(rows[1])(rows[1].label, 0.9, 0.9, 1.0, rows[0].samples_per_second, 1)]
+    assert "not faster than float32 here: this processor has no fast 16-bit arithmetic" in demo_notes(slow, False)
     assert [r.label for r in rows][0] == "float32"
     assert "fp16cont pure" in rows[1].label
     assert rows[0].accuracy_before == rows[0].accuracy_before  # not NaN
@@ -37,4 +46,5 @@ def test_audit_command_reports_errors_with_exit_status_2(tmp_path, capsys):
 def test_python_dash_m_entry_point_help():
     done = subprocess.run([sys.executable, "-m", "fp16cont", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "demo" in done.stdout
+    assert done.stderr == ""  # no TensorFlow startup log (cudart, cuInit, cpu_feature_guard)
     assert keras.config.floatx() == "float32"

@@ -40,15 +40,16 @@ def test_compare_command_prints_the_table_and_writes_the_files(tiny_model_file, 
     out = tmp_path / "results"
     status = main(
         ["compare", str(tiny_model_file), "--data", str(digits_npz), "--epochs", "2", "--precisions",
-         "float32,bfloat16", "--batch-size", "64", "--limit", "300", "--out", str(out), "--verbose", "0"]
+         "float32,bfloat16", "--batch-size", "64", "--limit", "300", "--out", str(out), "--progress", "0"]
     )
     printed = capsys.readouterr().out
     assert status == 0
     assert "300 training and 120 validation samples" in printed
-    table = [line for line in printed.splitlines() if line.startswith(("precision", "float32", "bfloat16"))]
-    assert [line.split()[0] for line in table] == ["precision", "float32", "bfloat16"]
+    table = [line for line in printed.splitlines() if line.startswith(("trains in ", "float32 ", "bfloat16 pure "))]
+    assert [line.split("|")[0].strip() for line in table] == ["trains in", "float32", "bfloat16 pure"]
+    assert "bfloat16 pure: bfloat16 variables, compute and optimizer state" in printed
     markdown = (out / "comparison.md").read_text()
-    assert "| precision |" in markdown and "| bfloat16 |" in markdown and "Peak memory:" in markdown
+    assert "| trains in |" in markdown and "| bfloat16 pure |" in markdown and "weight bytes / optimizer bytes" in markdown
     data = json.loads((out / "comparison.json").read_text())
     assert [r["precision"] for r in data["runs"]] == ["float32", "bfloat16"]
     assert data["train_samples"] == 300 and len(data["runs"][0]["epochs"]) == 2
@@ -85,3 +86,33 @@ def test_existing_subcommands_still_parse():
     with pytest.raises(SystemExit) as done:
         main(["demo", "--help"])
     assert done.value.code == 0
+
+
+def test_compare_on_the_embedded_digits_labels_each_run(tmp_path, capsys):
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    path = tmp_path / "digits_model.keras"
+    model.save(path)
+    status = main(["compare", str(path), "--data", "digits", "--limit", "200", "--precisions", "float32,bfloat16",
+                   "--no-warmup", "--progress", "1"])
+    printed = capsys.readouterr().out
+    assert status == 0
+    assert "on digits: 200 training and 200 validation samples" in printed
+    assert "[1/2] float32, seed 0" in printed and "[2/2] bfloat16 (fp16cont pure), seed 0" in printed
+
+
+def test_offline_named_data_set_says_in_one_line_how_to_get_it(tmp_path):
+    """No Keras cache and no way out (a proxy on a closed port): --data mnist fails in one line, with the fix."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "KERAS_HOME": str(tmp_path / "keras"), "HOME": str(tmp_path),
+           "HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "NO_PROXY": "", "no_proxy": ""}
+    done = subprocess.run([sys.executable, "-m", "fp16cont", "compare", str(tmp_path / "unused.keras"), "--data",
+                           "mnist"], capture_output=True, text=True, timeout=300, env=env)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and len(errors) == 1, done.stderr
+    assert "DataError" in errors[0] and "mnist.npz" in errors[0] and "digits" in errors[0]
+    assert "storage.googleapis.com" in errors[0]
+    assert "cuInit" not in done.stderr and "cudart" not in done.stderr  # the quiet start

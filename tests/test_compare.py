@@ -124,13 +124,18 @@ def test_table_shows_each_precision_and_the_measures(run):
     report, _, _ = run
     text = report.table()
     header = text.splitlines()[0]
-    for column in ("precision", "val acc before", "val acc after", "samples/s", "weights", "optimizer", "peak memory"):
+    for column in ("trains in", "val acc before", "val acc after", "samples/s", "weight bytes", "optimizer bytes",
+                   report.memory_column):
         assert column in header
-    assert text.splitlines()[2].startswith("float32") and text.splitlines()[3].startswith("bfloat16")
+    assert report.memory_column in ("RSS growth", "GPU peak", "peak memory")
+    assert text.splitlines()[2].startswith("float32 ") and text.splitlines()[3].startswith("bfloat16 pure")
     assert text.splitlines()[2].endswith("| plain")  # float32: the optimizer as Keras runs it
     assert text.splitlines()[3].endswith(f"| {report.runs[1].compensation or 'plain'}")
     markdown = report.table(markdown=True)
-    assert markdown.startswith("| precision |") and markdown.splitlines()[1].startswith("| --- |")
+    assert markdown.startswith("| trains in |") and markdown.splitlines()[1].startswith("| --- |")
+    legend = report.legend()
+    assert "bfloat16 pure: bfloat16 variables, compute and optimizer state" in legend
+    assert f"{report.memory_column}: {report.memory_measure}" in legend
     per_epoch = report.table(per_epoch=True).splitlines()
     assert len(per_epoch) == 2 + 4 and per_epoch[2].split("|")[2].strip() == "1"
 
@@ -229,3 +234,17 @@ def test_bad_seeds(source, digits, seeds):
     (x, y), _ = digits
     with pytest.raises(InvalidArgumentError, match="`seeds`"):
         compare(source, (x, y), seeds=seeds, epochs=1, verbose=0)
+
+
+def test_legend_explains_a_16bit_rss_growth_above_float32():
+    """On a CPU the 16-bit run may grow RSS more (one-time costs) though its bytes are half: the legend says why."""
+    from fp16cont.comparison import ComparisonReport, EpochRecord, RunRecord
+
+    epoch = EpochRecord(1, 0.5, 0.9, 0.6, 0.88, 2.0, 500.0)
+    runs = (RunRecord("float32", "float32", 0, (epoch,), 0.7, 0.8, 2048, 2048, 3 * 2**20, None),
+            RunRecord("bfloat16", "auto", 0, (epoch,), 0.7, 0.8, 1024, 2048, 12 * 2**20, None, "kahan"))
+    cpu = ComparisonReport("m", "tensorflow", "CPU", 1000, 200, 128, "rss-reset: peak resident set size", runs)
+    assert cpu.memory_column == "RSS growth" and "Why 16-bit RSS growth can exceed" in cpu.legend()
+    assert "mixed" not in cpu.legend() and "bfloat16 pure (auto)" in cpu.table()
+    gpu = ComparisonReport("m", "tensorflow", "GPU", 1000, 200, 128, "tensorflow-gpu: peak GPU memory", runs)
+    assert gpu.memory_column == "GPU peak" and "Why" not in gpu.legend()

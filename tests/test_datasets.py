@@ -124,3 +124,9 @@ def test_arrays_that_are_not_images_with_labels(tmp_path, x, y, match):
     path = _write(tmp_path / "bad.npz", x_train=x, y_train=y, x_test=np.zeros((1, 3, 3), np.uint8), y_test=np.zeros(1))
     with pytest.raises(DataError, match=match):
         load_dataset(path)
+
+
+def test_embedded_digits_by_name_need_no_file_and_no_network():
+    (x, y), (xt, yt) = load_dataset("digits")
+    assert x.shape == (1437, 8, 8, 1) and xt.shape == (360, 8, 8, 1) and x.dtype == np.float32
+    assert 0.0 <= x.min() and x.max() <= 1.0 and set(np.unique(y)) == set(range(10))
