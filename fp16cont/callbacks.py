@@ -13,7 +13,7 @@ from typing import Any
 
 import keras
 
-__all__ = ["EpochTimer"]
+__all__ = ["EpochTimer", "LossScaleLogger"]
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -43,3 +43,27 @@ class EpochTimer(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self.epoch_seconds.append(time.perf_counter() - self._start)
         self.epoch_steps.append(self._steps)
+
+
+class LossScaleLogger(keras.callbacks.Callback):
+    """Adds the dynamic loss scale and the skipped-step count to each epoch's logs.
+
+    ``History`` then holds ``loss_scale`` and ``skipped_steps`` per epoch, in
+    every engine mode.
+
+    Example:
+        >>> model.fit(x, y, callbacks=[LossScaleLogger()])  # doctest: +SKIP
+    """
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        from fp16cont.loss_scale import find_loss_scale
+
+        if logs is None:
+            return
+        scaler = find_loss_scale(self.model.optimizer)
+        if scaler is None or not scaler.built:
+            return
+        logs["loss_scale"] = float(keras.ops.convert_to_numpy(scaler.dynamic_scale))
+        skipped = getattr(scaler, "skipped_steps", None)
+        if skipped is not None:
+            logs["skipped_steps"] = float(keras.ops.convert_to_numpy(skipped))

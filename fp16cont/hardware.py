@@ -1,7 +1,7 @@
 """Hardware detection and the choice of 16-bit format.
 
-This is the only module that asks the active Keras backend (TensorFlow or
-JAX) which devices it has. The rest of fp16cont calls :func:`select_precision`.
+This is the only module that asks the active Keras backend (TensorFlow,
+JAX or torch) which devices it has. The rest of fp16cont calls :func:`select_precision`.
 
 Measured on a Sapphire Rapids CPU with TensorFlow 2.21: ResNet-20 trains at
 232 img/s in float32, 0.93 img/s in float16 and 220 img/s in bfloat16, so
@@ -85,6 +85,8 @@ def detect_device() -> Device:
         accelerator = _tensorflow_accelerator()
     elif backend == "jax":
         accelerator = _jax_accelerator()
+    elif backend == "torch":
+        accelerator = _torch_accelerator()
     else:
         accelerator = None
     return accelerator or Device(kind="cpu", name=_cpu_name(), cpu_bf16=_cpu_has_bf16())
@@ -211,6 +213,19 @@ def _jax_accelerator() -> Device | None:
     raw = getattr(device, "compute_capability", None)
     capability = tuple(int(p) for p in str(raw).split(".")[:2]) if raw else None
     return Device(kind="gpu", name=str(device.device_kind), compute_capability=capability)
+
+
+def _torch_accelerator() -> Device | None:
+    import torch
+
+    if torch.cuda.is_available():
+        index = torch.cuda.current_device()
+        return Device(
+            kind="gpu",
+            name=str(torch.cuda.get_device_name(index)),
+            compute_capability=tuple(int(p) for p in torch.cuda.get_device_capability(index)),
+        )
+    return None
 
 
 def collective_strategy_active() -> bool:

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 
 from fp16cont.architecture import check_built
-from fp16cont.callbacks import EpochTimer
+from fp16cont.callbacks import EpochTimer, LossScaleLogger
 from fp16cont.carry import carry_optimizer_state, innermost_optimizer
 from fp16cont.checkpoint import TrainingCheckpoint, load_checkpoint
 from fp16cont.compensation import COMPENSATIONS, CompensatedOptimizer, Compensation, SlotDtype, find_compensated
@@ -31,6 +31,7 @@ from fp16cont.loss_scale import DynamicLossScale, LossScaleMonitor, find_loss_sc
 from fp16cont.numerics import LOW_PRECISIONS
 from fp16cont.stagnation import StagnationMonitor
 from fp16cont.data import batch_rows, check_fit_args, check_fits_model, is_array_like, samples_per_epoch
+from fp16cont.engine import Engine, Resident, as_engine, choose_engine, fit_with_engine
 from fp16cont.errors import InvalidArgumentError, InvalidSourceError, MissingLossError
 from fp16cont.rebuild import float_precision, weight_bytes
 from fp16cont.sources import to_numpy
@@ -65,6 +66,8 @@ def continue_training(
     stagnation: bool = False,
     initial_optimizer_state: keras.Model | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
+    engine: str | Engine = "auto",
+    check_finite: bool = True,
     **fit_kwargs: Any,
 ) -> TrainingResult:
     """Train ``model`` further, like ``model.fit``, and report what happened.
@@ -116,7 +119,22 @@ def continue_training(
             buffers and random state included) there after every epoch,
             atomically; a rerun with the same arguments resumes after the
             last finished epoch.
-        **fit_kwargs: Passed on to ``model.fit``.
+        engine: How the steps run: ``"auto"`` (default) picks the fastest
+            correct mode: on Keras' JAX backend the training data is kept
+            resident on the device (arrays that fit) or streamed to it
+            with prefetch (larger arrays, ``tf.data``, ``PyDataset``), and
+            ``steps_per_execution`` steps run per compiled call; elsewhere
+            Keras' ``fit``. ``"fit"`` forces Keras' own ``fit``;
+            ``"resident"`` / ``"streamed"`` force a mode; an
+            :class:`~fp16cont.engine.Engine` sets its options. Batch-level
+            callbacks fire once per compiled call.
+        check_finite: Scan array inputs and targets for NaN/Inf before
+            training and raise ``DataError`` naming the rows; ``False`` for
+            data that holds NaN on purpose.
+        **fit_kwargs: Further ``fit`` arguments (``shuffle``,
+            ``class_weight``, ``sample_weight``, ``validation_split``,
+            ``steps_per_epoch``, ...); any the engine does not handle itself
+            make it use Keras' ``fit``.
 
     Returns:
         A :class:`~fp16cont.reports.TrainingResult`.
@@ -125,7 +143,7 @@ def continue_training(
         InvalidSourceError: If ``model`` is not a Keras model.
         ModelNotBuiltError: If the model was never built.
         InvalidArgumentError: For bad ``epochs``, ``batch_size``, ``optimizer``,
-            ``compensation``, ``loss_scaling`` or optimizer-state arguments.
+            ``compensation``, ``loss_scaling``, ``engine`` or optimizer-state arguments.
         MissingLossError: If the model is uncompiled and ``loss`` is ``None``.
         DataError: For empty or mismatched arrays.
         LossScaleFloorError: If float16 loss scaling cannot find a working scale.
@@ -141,23 +159,26 @@ def continue_training(
             "Fix: pass the model from build_fp16_model()."
         )
     check_built(model)
-    check_fit_args(x, y, batch_size, epochs)
+    view_x, view_y = (d.arrays if isinstance(d, Resident) else d for d in (x, y))  # what the checks can read
+    check_fit_args(view_x, view_y, batch_size, epochs)
+    options = as_engine(engine)
     precision = float_precision(model)
-    check_fits_model(model, x, y, _loss_name(model, loss), validation_data)  # before the model is recompiled
+    check_fits_model(model, view_x, view_y, _loss_name(model, loss), validation_data, check_finite=check_finite)  # before the model is recompiled
     plan = prepare_optimizer(
         model, optimizer, loss, metrics, compensation=compensation, loss_scaling=loss_scaling,
         slot_dtype=slot_dtype, seed=seed, loss_scale_options=loss_scale_options, stagnation=stagnation,
     )
     state_report = carry_optimizer_state(initial_optimizer_state, model) if initial_optimizer_state is not None else None
     resumed = load_checkpoint(model, checkpoint_dir) if checkpoint_dir is not None else None
+    choice = choose_engine(options, x, fit_kwargs)
     timer = EpochTimer()
     stagnation_monitor = StagnationMonitor()
     monitors: list[keras.callbacks.Callback] = [timer, stagnation_monitor] if stagnation else [timer]
-    guard = _guard(nan_guard)
+    guard = _guard(nan_guard, choice.steps_per_execution)
     if guard is not None:
         monitors.append(guard)
     if plan.loss_scaling:
-        monitors.append(LossScaleMonitor())
+        monitors.extend([LossScaleMonitor(), LossScaleLogger()])
     if checkpoint_dir is not None:
         monitors.append(TrainingCheckpoint(checkpoint_dir))
     fit_args: dict[str, Any] = dict(fit_kwargs)
@@ -169,21 +190,25 @@ def continue_training(
                 "nothing is left to train. Pass a new checkpoint_dir (or more epochs) to train further.",
                 stacklevel=2,
             )
-    if is_array_like(x):
-        fit_args["batch_size"] = batch_size
     start = time.perf_counter()
-    history = model.fit(
-        x,
-        y,
-        epochs=epochs,
-        validation_data=validation_data,
-        callbacks=[*(callbacks or []), *monitors],
-        verbose=verbose,
-        **fit_args,
-    )
+    if choice.mode == "fit":
+        if is_array_like(x):
+            fit_args["batch_size"] = batch_size
+        else:
+            fit_args.setdefault("shuffle", False)  # datasets bring their own order; Keras would warn
+        history = model.fit(
+            x, y, epochs=epochs, validation_data=validation_data,
+            callbacks=[*(callbacks or []), *monitors], verbose=verbose, **fit_args,
+        )
+    else:
+        history = fit_with_engine(
+            model, x, y, choice=choice, engine=options, epochs=epochs, batch_size=batch_size,
+            validation_data=validation_data, callbacks=[*(callbacks or []), *monitors], verbose=verbose,
+            fit_kwargs=fit_args,
+        )
     wall = time.perf_counter() - start
-    per_epoch = samples_per_epoch(x, batch_size, fit_kwargs)
-    rows = batch_rows(x, batch_size)
+    per_epoch = samples_per_epoch(view_x, batch_size, fit_kwargs)
+    rows = batch_rows(view_x, batch_size)
     scaler = find_loss_scale(model.optimizer)
     return TrainingResult(
         model=model,
@@ -206,6 +231,8 @@ def continue_training(
         stagnation=stagnation_monitor.reports[-1] if stagnation_monitor.reports else None,
         optimizer_state=state_report,
         initial_epoch=fit_args.get("initial_epoch", 0),
+        engine=choice.mode,
+        engine_reason=choice.reason,
     )
 
 
@@ -400,15 +427,17 @@ def _loss_scale(scaler: Any) -> float | None:
     return None
 
 
-def _guard(nan_guard: Any) -> NonFiniteGuard | None:
+def _guard(nan_guard: Any, steps_per_execution: int = 1) -> NonFiniteGuard | None:
+    # batch hooks fire once per compiled call of several steps: look at the loss after each call
+    check_every = 1 if steps_per_execution > 1 else 10
     if isinstance(nan_guard, NonFiniteGuard):
         return nan_guard
     if nan_guard is False or nan_guard is None:
         return None
     if nan_guard is True:
-        return NonFiniteGuard()
-    if isinstance(nan_guard, int) and nan_guard > 0:
-        return NonFiniteGuard(max_failures=nan_guard)
+        return NonFiniteGuard(check_every=check_every)
+    if isinstance(nan_guard, int) and not isinstance(nan_guard, bool) and nan_guard > 0:
+        return NonFiniteGuard(max_failures=nan_guard, check_every=check_every)
     raise InvalidArgumentError(
         f"Argument `nan_guard` should be True, False, a positive number of rollbacks or a NonFiniteGuard. "
         f"Received: nan_guard={nan_guard!r}. Fix: leave it True (3 rollbacks)."
