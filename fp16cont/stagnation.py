@@ -17,6 +17,7 @@ from typing import Any
 import keras
 
 from fp16cont.architecture import clone_with_policies
+from fp16cont.carry import private_copy
 from fp16cont.compensation import CompensatedOptimizer, Compensation, find_compensated
 from fp16cont.errors import InvalidArgumentError
 from fp16cont.loss_scale import DynamicLossScale
@@ -142,7 +143,7 @@ def stagnation_audit(
     base = find_compensated(optimizer) or optimizer or getattr(model, "optimizer", None)
     base = getattr(find_compensated(base), "inner_optimizer", base)
     base = getattr(base, "inner_optimizer", base) if isinstance(base, keras.optimizers.LossScaleOptimizer) else base
-    fresh = base.__class__.from_config(base.get_config()) if base is not None else keras.optimizers.SGD(0.01)
+    fresh = private_copy(base) if base is not None else keras.optimizers.SGD(0.01)  # its config, not its state
     loss = loss if loss is not None else (model.get_compile_config() or {}).get("loss") if getattr(model, "compiled", False) else loss
     if loss is None:
         raise InvalidArgumentError("stagnation_audit needs a loss. Fix: pass loss=..., e.g. 'sparse_categorical_crossentropy'.")
