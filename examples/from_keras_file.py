@@ -18,6 +18,10 @@ Run it from the repository root::
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # optional: hide TensorFlow's C++ info lines (set before importing it)
+
 import argparse
 import sys
 import tempfile
