@@ -23,7 +23,15 @@ from fp16cont.quantize import audit_cast
 from fp16cont.reports import QuantizationReport, VariableAudit
 from fp16cont.sources import to_numpy
 
-__all__ = ["innermost_optimizer", "carry_optimizer_state", "private_copy", "state_values", "restore_state", "HostValues"]
+__all__ = [
+    "innermost_optimizer",
+    "made_from",
+    "carry_optimizer_state",
+    "private_copy",
+    "state_values",
+    "restore_state",
+    "HostValues",
+]
 
 
 def innermost_optimizer(optimizer: Any) -> Any:
@@ -38,6 +46,32 @@ def innermost_optimizer(optimizer: Any) -> Any:
     while getattr(optimizer, "inner_optimizer", None) is not None:
         optimizer = optimizer.inner_optimizer
     return optimizer
+
+
+def made_from(chain: Any, optimizer: Any) -> bool:
+    """Whether ``optimizer`` is in ``chain`` or a wrapper in it copied ``optimizer``.
+
+    Wrappers train a private copy of the optimizer they are given; passing
+    that same optimizer again means "the optimizer of this chain".
+
+    Args:
+        chain: An optimizer, possibly wrapped.
+        optimizer: The optimizer a caller passed.
+
+    Returns:
+        True if ``chain`` holds ``optimizer`` or a copy made from it.
+
+    Example:
+        >>> sgd = keras.optimizers.SGD(0.01)
+        >>> made_from(sgd, sgd), made_from(keras.optimizers.SGD(0.01), sgd)
+        (True, False)
+    """
+    while chain is not None:
+        source = getattr(chain, "source_optimizer", None)
+        if chain is optimizer or (source is not None and source() is optimizer):
+            return True
+        chain = getattr(chain, "inner_optimizer", None)
+    return False
 
 
 def private_copy(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
@@ -64,6 +98,13 @@ def private_copy(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Opti
         >>> copy is sgd, copy.get_config()["momentum"]
         (False, 0.9)
     """
+    copy = _from_config(optimizer)
+    if getattr(optimizer, "source_optimizer", None) is not None:  # a wrapper: the copy stands for the same source
+        copy.source_optimizer = optimizer.source_optimizer
+    return copy
+
+
+def _from_config(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
     config = optimizer.get_config()
     try:
         return type(optimizer).from_config(dict(config))

@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -125,6 +126,7 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
         # a private copy: the caller's optimizer is never built, trained or patched here
         self._start_values = HostValues(state_values(inner_optimizer))
         self.inner_optimizer = private_copy(inner_optimizer)
+        self.source_optimizer = weakref.ref(inner_optimizer)  # what was given (see carry.made_from)
         self.compensation = compensation
         self.seed = int(seed)
         self.slot_dtype = slot_dtype

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import keras
@@ -71,10 +72,12 @@ class DynamicLossScale(keras.optimizers.LossScaleOptimizer):
                 "Fix: e.g. DynamicLossScale(opt, initial_scale=2**15, min_scale=1, max_scale=2**24)."
             )
         start = state_values(inner_optimizer) if isinstance(inner_optimizer, keras.optimizers.Optimizer) else None
+        given = weakref.ref(inner_optimizer) if isinstance(inner_optimizer, keras.optimizers.Optimizer) else None
         if isinstance(inner_optimizer, keras.optimizers.Optimizer):
             inner_optimizer = private_copy(inner_optimizer)  # Keras' base class would change the given one
         super().__init__(inner_optimizer, initial_scale=initial_scale, dynamic_growth_steps=dynamic_growth_steps, name=name, **kwargs)
         self._start_values = HostValues(start)
+        self.source_optimizer = given  # a weak reference to what was given (see carry.made_from)
         self.min_scale = float(min_scale)
         self.max_scale = float(max_scale)
 

@@ -53,3 +53,16 @@ def test_state_from_a_learning_rate_schedule_carries_to_a_constant_rate(digits):
     report = carry_optimizer_state(source, model16)
     assert report.ok and any(not a.passed_through for a in report.variables)
     assert int(innermost_optimizer(model16.optimizer).iterations.numpy()) == int(source.optimizer.iterations.numpy())
+
+
+def test_wrappers_record_what_they_copied_without_holding_it():
+    from fp16cont.carry import made_from
+    from fp16cont.compensation import CompensatedOptimizer
+    from fp16cont.loss_scale import DynamicLossScale
+
+    given = keras.optimizers.Adam(1e-3)
+    chain = DynamicLossScale(CompensatedOptimizer(given, "stochastic"))
+    assert made_from(chain, given)
+    assert made_from(chain, innermost_optimizer(chain))
+    assert not made_from(chain, keras.optimizers.Adam(1e-3))
+    assert innermost_optimizer(chain) is not given
