@@ -76,8 +76,8 @@ def test_scale_stuck_at_floor_is_a_typed_error_not_a_stall(digits):
     with pytest.raises(LossScaleFloorError, match="bfloat16"):
         fp16cont.continue_training(
             model, poisoned, y[:1600], batch_size=32, loss="sparse_categorical_crossentropy",
-            loss_scale_options={"initial_scale": 4.0, "min_scale": 1.0}, verbose=0,
-        )
+            loss_scale_options={"initial_scale": 4.0, "min_scale": 1.0}, check_finite=False, verbose=0,
+        )  # check_finite=False: the up-front data check would refuse the NaN inputs before training
     assert all(np.isfinite(v.numpy()).all() for v in model.trainable_weights)
 
 
