@@ -207,7 +207,7 @@ def _container_policy(layer: keras.layers.Layer, planned: dict[int, str | None],
             continue
         path = sub.path
         if layer.path and path.startswith(layer.path + "/"):
-            path = f"{layer.name}/{path[len(layer.path) + 1:]}"
+            path = path[len(layer.path) + 1 :]
         rels.setdefault(path, policy)
     if not rels:
         return keras.dtype_policies.serialize(keras.DTypePolicy(default))
@@ -224,8 +224,8 @@ _POLICY_CLASSES = ("DTypePolicy", "FloatDTypePolicy", "DTypePolicyMap")
 
 
 def _is_float_policy(value: Any) -> bool:
-    if isinstance(value, str):
-        return value in _FLOAT_POLICIES
+    # a layer serializes its policy as a dict; a plain string is an op's
+    # argument (keras.ops.cast's target dtype) or an input's dtype
     if isinstance(value, dict) and value.get("class_name") in _POLICY_CLASSES:
         inner = value.get("config", {})
         if value.get("class_name") == "DTypePolicyMap":
@@ -319,10 +319,19 @@ class Float32Initializer(keras.initializers.Initializer):
 
 
 def _restore_initializers(clone: keras.Model) -> None:
+    """Put the original initializers back, except an ``Orthogonal`` one in a
+    16-bit layer: keeping it wrapped lets ``keras.saving.load_model`` rebuild
+    the saved 16-bit model (with fp16cont imported) on TensorFlow, which has
+    no bfloat16 QR kernel."""
     for layer in [clone, *iter_layers(clone)]:
+        low = str(layer.variable_dtype) in ("float16", "bfloat16")
         for name, value in list(vars(layer).items()):
-            if isinstance(value, Float32Initializer):
+            if isinstance(value, Float32Initializer) and not (low and _needs_float32(value.initializer)):
                 object.__setattr__(layer, name, value.initializer)
+
+
+def _needs_float32(initializer: Any) -> bool:
+    return "orthogonal" in type(initializer).__name__.lower()
 
 
 def _settle_policies(clone: keras.Model) -> None:
@@ -369,7 +378,9 @@ def _rebuild_hint(model: keras.Model, why: str) -> str:
         f"Cannot rebuild model {model.name!r} ({type(model).__name__}) from its config: {why}. "
         "Fix: give the model (and each custom layer) a get_config() that returns every "
         "__init__ argument and, if __init__ needs objects, a classmethod from_config(config); "
-        "register custom classes with @keras.saving.register_keras_serializable()."
+        "register custom classes with @keras.saving.register_keras_serializable(). If the "
+        "error comes from a layer's computation in 16-bit (an op without a 16-bit kernel), "
+        "keep that layer in float32: keep_float32=(..., LayerClass) or a name pattern."
     )
 
 

@@ -13,6 +13,7 @@ from fp16cont.errors import (
     WeightMismatchError,
 )
 from fp16cont.numerics import is_low_float
+from fp16cont.verify import probe_batch
 from tests.conftest import MODEL_BUILDERS, snapshot, to_input, unrebuildable_model
 
 
@@ -195,3 +196,113 @@ def test_keep_float32_weights_from_a_file_fit_the_in_memory_model(tmp_path):
     model16 = fp16cont.build_fp16_model(model, q)
     assert model16.get_layer("mid").kernel.dtype == "float32"
     assert model16.get_layer("mid").kernel.numpy()[0, 0] == 1e5
+
+
+@keras.saving.register_keras_serializable(package="fp16cont_tests")
+class FixedFloat32Scale(keras.layers.Layer):
+    """A layer that creates its variable in float32 whatever its policy."""
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones", dtype="float32", name="scale")
+
+    def call(self, x):
+        return x * keras.ops.cast(self.scale, x.dtype)
+
+
+@keras.saving.register_keras_serializable(package="fp16cont_tests")
+class StepCounter(keras.layers.Layer):
+    """A layer with an integer variable next to a float one."""
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="w")
+        self.steps = self.add_weight(shape=(), initializer="zeros", dtype="int32", trainable=False, name="steps")
+
+    def call(self, x):
+        return x * self.w
+
+
+def values_by_dtype(model):
+    counts = {}
+    for v in model.weights:
+        counts[str(v.dtype)] = counts.get(str(v.dtype), 0) + int(np.prod(v.shape))
+    return counts
+
+
+def wrapper_model():
+    return keras.Sequential(
+        [
+            keras.Input((6, 4)),
+            keras.layers.Bidirectional(keras.layers.LSTM(8, return_sequences=True)),
+            keras.layers.TimeDistributed(keras.layers.Dense(5)),
+            keras.layers.GRU(4),
+            keras.layers.Dense(3, activation="softmax", name="head"),
+        ],
+        name="wrappers",
+    )
+
+
+def test_wrapper_layers_and_default_rnn_initializers_rebuild_in_16bit():
+    model = wrapper_model()
+    before = snapshot(model)
+    model16 = fp16cont.build_fp16_model(model, precision="bfloat16")
+    head = {v.path for v in model16.get_layer("head").weights}
+    for v in model16.weights:
+        assert str(v.dtype) == ("float32" if v.path in head else "bfloat16"), v.path
+    report = model16.fp16cont_report
+    assert dict((d, n) for d, _, n, _ in report.dtype_mix) == values_by_dtype(model16)
+    assert report.sixteen_bit_share > 0.9
+    assert [(p.split("/")[-1], why) for p, _, why in report.islands] == [("head", "output layer")]
+    assert "bfloat16" in report.summary() and "head (float32: output layer)" in report.summary()
+    assert snapshot(model) == before
+
+
+def test_islands_by_path_pattern_inside_wrappers():
+    model = wrapper_model()
+    model16 = fp16cont.build_fp16_model(model, precision="bfloat16", keep_float32=("*forward_lstm*",))
+    forward = [v for v in model16.weights if "forward_lstm" in v.path]
+    backward = [v for v in model16.weights if "backward_lstm" in v.path]
+    assert forward and all(v.dtype == "float32" for v in forward)
+    assert backward and all(v.dtype == "bfloat16" for v in backward)
+    assert any("forward_lstm" in p and "pattern" in why for p, _, why in model16.fp16cont_report.islands)
+
+
+def test_a_layer_that_fixes_float32_is_a_typed_error_naming_it_and_the_fix():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4), FixedFloat32Scale(name="fixed"),
+                              keras.layers.Dense(2)])
+    with pytest.raises(RebuildError, match=r"fixed.*keep_float32=\(\.\.\., 'fixed'\)"):
+        fp16cont.build_fp16_model(model, precision="bfloat16")
+    model16 = fp16cont.build_fp16_model(model, precision="bfloat16", keep_float32=("output", "fixed"))
+    assert model16.get_layer("fixed").scale.dtype == "float32"
+    assert ("fixed", "float32", "keep_float32 pattern 'fixed'") in model16.fp16cont_report.islands
+
+
+def test_integer_variables_and_layers_already_mixed():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, dtype="mixed_bfloat16"), StepCounter(),
+                              keras.layers.Dense(2)])
+    model16 = fp16cont.build_fp16_model(model, precision="bfloat16")
+    dtypes = {v.path.split("/")[-1]: str(v.dtype) for v in model16.weights}
+    assert dtypes["steps"] == "int32" and dtypes["w"] == "bfloat16"
+    assert model16.layers[0].kernel.dtype == "bfloat16"
+    assert model16.layers[0].dtype_policy.name == "bfloat16"
+
+
+def test_a_mostly_float32_result_warns_and_says_so():
+    model = MODEL_BUILDERS["sequential"]()
+    with pytest.warns(UserWarning, match=r"Only 5% .* bfloat16; the rest stay float32 .*dense.*Fix:"):
+        model16 = fp16cont.build_fp16_model(model, precision="bfloat16", keep_float32=("dense*", "output"))
+    share = model16.fp16cont_report.sixteen_bit_share
+    assert share == values_by_dtype(model16)["bfloat16"] / sum(values_by_dtype(model16).values()) < 0.5
+    assert f"{share:.1%} of floating-point values stored in 16-bit" in model16.fp16cont_report.summary()
+
+
+def test_dict_inputs_and_integer_tokens_are_verified():
+    tokens = keras.Input((None,), dtype="int32", name="token_ids")
+    mask = keras.Input((None,), dtype="int32", name="padding_mask")
+    h = keras.layers.Embedding(5, 8)(tokens) * keras.ops.expand_dims(keras.ops.cast(mask, "float32"), -1)
+    out = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling1D()(h))
+    model = keras.Model({"token_ids": tokens, "padding_mask": mask}, out)
+    batch = probe_batch(model, rows=4)
+    assert set(batch) == {"token_ids", "padding_mask"}
+    assert batch["token_ids"].max() < 2 and (batch["padding_mask"] == 1).all()
+    model16 = fp16cont.build_fp16_model(model, precision="bfloat16")
+    assert model16.fp16cont_report.verification.max_abs_diff < 0.05
