@@ -207,7 +207,7 @@ def compare(
             ``"bfloat16"`` (pure 16-bit, fp16cont), ``"mixed_float16"``,
             ``"mixed_bfloat16"`` (Keras mixed precision).
         epochs: Epochs of continued training per run.
-        batch_size: Batch size (the paper's 128).
+        batch_size: Batch size (128, as in Continuous 16-bit Training).
         seeds: One run per seed and precision; repeat a seed to measure run-to-run noise.
         optimizer: As in :func:`~fp16cont.continue_training`; each run gets
             its own fresh copy of an optimizer instance. ``None``: the source's

@@ -82,7 +82,7 @@ def run_demo(
         pretrain_epochs: Float32 epochs that make the "pre-trained" model.
         epochs: Epochs of continued training for each precision.
         precision: The 16-bit format (``"auto"`` picks it for this hardware).
-        batch_size: Batch size (the paper's 128).
+        batch_size: Batch size (128, as in Continuous 16-bit Training).
         seed: Seed for weights and data order.
         verbose: Keras progress bar setting.
 
