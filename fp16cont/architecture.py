@@ -267,8 +267,8 @@ def _rewrite_config(node: Any, layer: keras.layers.Layer | None, planned: dict[i
         inner["dtype"] = copy.deepcopy(own)
     for key, value in inner.items():
         if key.endswith("_initializer") and value is not None and not _is_wrapped(value):
-            inner[key] = {"module": None, "class_name": _FLOAT32_INIT, "config": {"initializer": value},
-                          "registered_name": _FLOAT32_INIT}
+            inner[key] = {"module": __name__, "class_name": "Float32Initializer",
+                          "config": {"initializer": value}, "registered_name": _FLOAT32_INIT}
     if layer is not None and _is_graph_model(layer) and isinstance(inner.get("layers"), list):
         by_name = {sub.name: sub for sub in _children(layer)}
         for sub_config in inner["layers"]:
@@ -283,7 +283,7 @@ def _rewrite_config(node: Any, layer: keras.layers.Layer | None, planned: dict[i
 
 
 def _is_wrapped(value: Any) -> bool:
-    return isinstance(value, dict) and value.get("class_name") == _FLOAT32_INIT
+    return isinstance(value, dict) and _FLOAT32_INIT in (value.get("class_name"), value.get("registered_name"))
 
 
 _FLOAT32_INIT = "fp16cont>Float32Initializer"
@@ -324,7 +324,7 @@ def _restore_initializers(clone: keras.Model) -> None:
     the saved 16-bit model (with fp16cont imported) on TensorFlow, which has
     no bfloat16 QR kernel."""
     for layer in [clone, *iter_layers(clone)]:
-        low = str(layer.variable_dtype) in ("float16", "bfloat16")
+        low = any(str(v.dtype) in ("float16", "bfloat16") for v in layer.weights)
         for name, value in list(vars(layer).items()):
             if isinstance(value, Float32Initializer) and not (low and _needs_float32(value.initializer)):
                 object.__setattr__(layer, name, value.initializer)

@@ -1,3 +1,5 @@
+import json
+
 import keras
 import numpy as np
 
@@ -28,3 +30,18 @@ def test_trained_16bit_model_saves_loads_and_exports_to_float32(tmp_path, traine
         assert [str(v.dtype) for v in again.weights] == [str(v.dtype) for v in model16.weights]
         for a, b in zip(again.weights, model16.weights):
             assert np.asarray(keras.ops.convert_to_numpy(a.value)).tobytes() == np.asarray(keras.ops.convert_to_numpy(b.value)).tobytes()
+
+
+def test_nested_rnn_model_exports_to_plain_float32(tmp_path):
+    model = keras.Sequential([keras.Input((6, 4)), keras.layers.Bidirectional(keras.layers.LSTM(8)),
+                              keras.layers.Dense(3, activation="softmax")], name="birnn")
+    model16 = fp16cont.build_fp16_model(model, precision="bfloat16")
+    assert {str(v.dtype) for v in model16.get_layer(index=0).weights} == {"bfloat16"}
+    model32 = export_float32(model16)
+    assert {str(v.dtype) for v in model32.weights} == {"float32"}
+    assert "Float32Initializer" not in json.dumps(keras.saving.serialize_keras_object(model32), default=str)
+    path = tmp_path / "m32.keras"
+    model32.save(path)
+    x = np.random.default_rng(0).standard_normal((4, 6, 4)).astype("float32")
+    np.testing.assert_allclose(keras.saving.load_model(path)(x), model32(x), atol=1e-6)
+    assert model32.fp16cont_report.max_abs_diff < 0.05
