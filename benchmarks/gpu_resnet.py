@@ -21,8 +21,6 @@ and, with ``--levers``, what each lever of ``device_fit`` buys:
   f16_device_nocomp    no Kahan compensation / stagnation counters
                        (``compensation=None``; loss scaling kept)
   keras_f16policy_fit  plain Keras ``float16`` policy ``fit``
-  f16_device_unroll    scan unrolled ``--lever-unroll`` steps (float16)
-  f32_device_unroll    the same for the float32 model
 
 The data is SYNTHETIC: uniform random uint8 images of the real shapes
 (ImageNet 224x224x3 / CIFAR 32x32x3) and random labels; throughput does not
@@ -67,8 +65,6 @@ LEVERS = (
     "f16_device_f32data",
     "f16_device_nocomp",
     "keras_f16policy_fit",
-    "f16_device_unroll",
-    "f32_device_unroll",
 )
 
 TARGETS = {  # (numerator, denominator, target ratio, label)
@@ -243,8 +239,6 @@ def build_variants(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, 
         "f16_device_f32data": Variant("f16_device_f32data", device_setup("float16"), device_epoch(f32data=True)),
         "f16_device_nocomp": Variant("f16_device_nocomp", device_setup("float16"), device_epoch(compensation=None)),
         "keras_f16policy_fit": Variant("keras_f16policy_fit", fit_setup("float16"), fit_epoch),
-        "f16_device_unroll": Variant("f16_device_unroll", device_setup("float16"), device_epoch(unroll=args.lever_unroll)),
-        "f32_device_unroll": Variant("f32_device_unroll", device_setup("float32"), device_epoch(unroll=args.lever_unroll)),
     }
     return {name: every[name] for name in args.variant_names}
 
@@ -347,7 +341,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spe", type=int, default=None, help="device_fit steps_per_execution (default: --steps)")
     parser.add_argument("--variants", default=",".join(CORE), help="comma-separated; see the module doc")
     parser.add_argument("--levers", action="store_true", help="add the lever variants")
-    parser.add_argument("--lever-unroll", type=int, default=2, help="scan unroll of the *_device_unroll levers")
     parser.add_argument("--tiny", action="store_true", help="tiny images, batch 16, 2 steps: a CPU smoke test")
     parser.add_argument("--out", default=None, help="JSON path (default $OUT/gpu_resnet_<model>.json)")
     args = parser.parse_args(argv)

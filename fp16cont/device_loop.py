@@ -57,7 +57,6 @@ def device_fit(
     input_offset: float = 0.0,
     preprocess: Callable[[Any], Any] | None = None,
     donate: bool = True,
-    unroll: int = 1,
     verbose: Any = 0,
     **training_kwargs: Any,
 ) -> DeviceFitResult:
@@ -82,7 +81,6 @@ def device_fit(
         input_offset: Added after ``input_scale``.
         preprocess: A JAX-traceable function applied to each input batch on the device.
         donate: Donate the training state to the compiled step.
-        unroll: Steps unrolled per iteration of the scan.
         verbose: As in ``fit`` (silent by default).
         **training_kwargs: Any other :func:`~fp16cont.continue_training`
             argument (``optimizer``, ``loss``, ``metrics``, ``compensation``,
@@ -109,7 +107,7 @@ def device_fit(
     if input_scale is None and preprocess is None and _all_uint8(x):
         input_scale = 1.0 / 255.0
     engine = Engine(
-        "resident", steps_per_execution=steps_per_execution, unroll=unroll, donate=donate,
+        "resident", steps_per_execution=steps_per_execution, donate=donate,
         input_scale=input_scale, input_offset=input_offset, preprocess=preprocess, shuffle_seed=shuffle_seed,
     )
     fit_kwargs: dict[str, Any] = {"shuffle": shuffle}

@@ -7,8 +7,8 @@ the steps underneath, chosen per call:
 - ``"resident"`` (JAX, array data that fits in device memory): the arrays are
   copied to the device once (``uint8`` images stay ``uint8``), each batch is
   gathered by index and cast on the device inside the compiled step, and
-  ``steps_per_execution`` steps run as one ``jax.lax.scan`` over the model's
-  stateless ``train_step`` with the state donated. The host dispatches one
+  ``steps_per_execution`` steps run in one compiled device loop over the
+  model's stateless ``train_step`` with the state donated. The host dispatches one
   call per chunk and never waits in between.
 - ``"streamed"`` (JAX, arrays too large for the device, ``tf.data.Dataset``
   or ``keras.utils.PyDataset``): the same scanned function fed with chunks
@@ -31,7 +31,9 @@ Example:
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
+import os
 import queue
 import threading
 import weakref
@@ -50,6 +52,7 @@ __all__ = ["ENGINE_MODES", "Engine", "EngineChoice", "as_engine", "choose_engine
 
 ENGINE_MODES: tuple[str, ...] = ("auto", "fit", "resident", "streamed")
 ACCELERATOR_STEPS_PER_EXECUTION = 32
+_GATHER_THREADS = max(1, min(8, (os.cpu_count() or 2) // 2))  # host threads that gather streamed batches
 _ENGINE_FIT_KWARGS = frozenset(
     {"shuffle", "class_weight", "sample_weight", "initial_epoch", "steps_per_epoch", "validation_split",
      "validation_freq", "validation_batch_size", "validation_steps"}
@@ -67,8 +70,6 @@ class Engine:
         steps_per_execution: Training steps per compiled call; ``None``: 32
             on GPUs and TPUs, 1 on CPUs (XLA:CPU runs convolutions inside
             loops slowly). Batch callbacks fire once per call.
-        unroll: Steps unrolled per iteration of the scan: more room for XLA
-            to overlap steps, longer compiles.
         donate: Donate the training state to the compiled step, so no second
             copy of weights and optimizer state is held on the device.
         input_scale: Multiply floating and ``uint8`` inputs by this on the
@@ -93,7 +94,6 @@ class Engine:
 
     mode: str = "auto"
     steps_per_execution: int | None = None
-    unroll: int = 1
     donate: bool = True
     input_scale: float | None = None
     input_offset: float = 0.0
@@ -108,7 +108,7 @@ class Engine:
                 f"Argument `engine` should be one of {ENGINE_MODES} or an fp16cont.Engine. Received: "
                 f"{self.mode!r}. Fix: leave it 'auto', or pass engine='fit' for Keras' own fit."
             )
-        for name in ("steps_per_execution", "unroll", "prefetch"):
+        for name in ("steps_per_execution", "prefetch"):
             value = getattr(self, name)
             if value is None and name == "steps_per_execution":
                 continue
@@ -267,6 +267,7 @@ def fit_with_engine(
     prep = _preprocess(engine, feeder.uint8_inputs)
     _build(model, feeder.example_batch(), prep, jax)
     run = _compiled_steps(model, prep, engine, choice.mode == "resident", jax, jnp)
+    logs_like = _logs_structure(model, jnp)
 
     cbs = keras.callbacks.CallbackList(
         callbacks, add_history=True, add_progbar=verbose != 0, verbose=verbose,
@@ -285,7 +286,8 @@ def fit_with_engine(
             for begin, end, chunk in feeder.epoch(epoch):
                 cbs.on_train_batch_begin(begin)
                 state = _pending(model) if compat.jax_state_was_synced(model) else state
-                state, logs = run(state, feeder.resident, *chunk)
+                *where, loop = chunk
+                state, logs = run(state, feeder.resident, *where, logs_like, loop)
                 compat.set_pending_jax_state(model, state)
                 cbs.on_train_batch_end(end, logs)
                 state = _pending(model) if compat.jax_state_was_synced(model) else state
@@ -363,42 +365,52 @@ _COMPILED: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDicti
 
 
 def _compiled_steps(model: keras.Model, prep: Callable[[Any], Any], engine: Engine, resident: bool, jax: Any, jnp: Any) -> Callable[..., Any]:
-    """The jitted multi-step function, kept per model until it is recompiled."""
+    """The jitted multi-step function, kept per model until it is recompiled.
+
+    ``run(state, arrays, chunk, start, count, logs, loop)``: with ``loop``
+    the ``count`` steps (a traced number, so chunks of any length share one
+    compilation) run in a ``fori_loop`` on the device, carrying ``logs`` (the
+    metric results, whose structure the model's ``get_metrics_result()``
+    gives without a second trace of the step); without it one step runs with
+    no loop around it (XLA:CPU runs convolutions inside loops far more
+    slowly). ``chunk`` holds the batches' row indices into the resident
+    ``arrays`` (resident mode) or the stacked batches themselves (streamed).
+    """
     compiled_with = (id(model.optimizer), id(model.loss), model.compiled)
     cache = _COMPILED.get(model)
     if cache is None or cache.get("compiled_with") != compiled_with:
         cache = {"compiled_with": compiled_with}
         _COMPILED[model] = cache
-    key = (resident, engine.unroll, engine.donate, engine.preprocess, engine.input_scale, engine.input_offset)
+    key = (resident, engine.donate, engine.preprocess, engine.input_scale, engine.input_offset)
     if key in cache:
         return cache[key]
 
-    def steps(state: Any, arrays: Any, chunk: Any, start: Any, count: int) -> Any:
-        if resident:
-            items = jax.lax.dynamic_slice_in_dim(chunk, start, count, axis=0)
-
-            def fetch(index: Any) -> Any:
+    def steps(state: Any, arrays: Any, chunk: Any, start: Any, count: Any, logs: Any, loop: bool) -> Any:
+        def batch(i: Any) -> Any:
+            if resident:
+                index = jax.lax.dynamic_index_in_dim(chunk, start + i, axis=0, keepdims=False)
                 return jax.tree_util.tree_map(lambda a: jnp.take(a, index, axis=0), arrays)
-        else:
-            items = chunk
+            return jax.tree_util.tree_map(lambda a: jax.lax.dynamic_index_in_dim(a, start + i, axis=0, keepdims=False), chunk)
 
-            def fetch(item: Any) -> Any:
-                return item
-
-        def body(carry: Any, item: Any) -> Any:
-            x, y, sw = fetch(item)
+        def one(carry: Any, i: Any) -> Any:
+            x, y, sw = batch(i)
             data = (prep(x), y) if sw is None else (prep(x), y, sw)
             logs, carry = model.train_step(carry, data)
             return carry, logs
 
-        if count == 1:  # no loop: XLA:CPU runs convolutions inside loops far slower
-            return body(state, jax.tree_util.tree_map(lambda a: a[0], items))
-        state, logs = jax.lax.scan(body, state, items, unroll=engine.unroll)
-        return state, jax.tree_util.tree_map(lambda v: v[-1], logs)
+        if not loop:
+            return one(state, 0)
+        return jax.lax.fori_loop(0, count, lambda i, carry: one(carry[0], i), (state, logs))
 
-    compiled = jax.jit(steps, static_argnums=(4,), donate_argnums=(0,) if engine.donate else ())
+    compiled = jax.jit(steps, static_argnums=(6,), donate_argnums=(0,) if engine.donate else ())
     cache[key] = compiled
     return compiled
+
+
+def _logs_structure(model: keras.Model, jnp: Any) -> Any:
+    """Zeros shaped like ``train_step``'s logs: the model's metric results."""
+    results = model.get_metrics_result()
+    return {name: jnp.zeros(np.shape(value), jnp.asarray(value).dtype) for name, value in results.items()}
 
 
 def _build(model: keras.Model, batch: Any, prep: Callable[[Any], Any], jax: Any) -> None:
@@ -579,18 +591,19 @@ class _ResidentFeeder(_Feeder):
     def example_batch(self) -> tuple[Any, Any, Any]:
         return self._host_example
 
-    def epoch(self, epoch: int) -> Iterator[tuple[int, int, tuple[Any, Any, int]]]:
+    def epoch(self, epoch: int) -> Iterator[tuple[int, int, tuple[Any, ...]]]:
         import jax
 
         order = _permutation(self.engine, epoch, self.n, self.shuffle)
         b = self.batch_size
+        loop = self.spe > 1
         if self.full:
             batches = jax.device_put(order[: self.full * b].reshape(self.full, b))
             for start, count in _chunks(self.full, self.spe):
-                yield start, start + count - 1, (batches, start, count)
+                yield start, start + count - 1, (batches, np.int32(start), np.int32(count), loop)
         if self.remainder:
             last = jax.device_put(order[self.full * b : self.full * b + self.remainder].reshape(1, self.remainder))
-            yield self.full, self.full, (last, 0, 1)
+            yield self.full, self.full, (last, np.int32(0), np.int32(1), False)
 
 
 class _StreamFeeder(_Feeder):
@@ -602,6 +615,7 @@ class _StreamFeeder(_Feeder):
         self.class_weight = class_weight
         self._limit = steps_per_epoch
         self._threads: list[_Prefetcher] = []
+        self._pool = concurrent.futures.ThreadPoolExecutor(_GATHER_THREADS, thread_name_prefix="fp16cont-gather")
         if is_array_like(x) or isinstance(x, Resident):
             self.arrays = (_host_arrays(x.arrays if isinstance(x, Resident) else x),
                            _host_arrays(y.arrays if isinstance(y, Resident) else y),
@@ -634,14 +648,19 @@ class _StreamFeeder(_Feeder):
         return x, y, sw
 
     def _host_chunks(self, epoch: int) -> Iterator[tuple[int, int, Any]]:
-        """``(first step, count, stacked host batches)`` for one epoch."""
+        """``(first step, count, stacked host batches)`` for one epoch.
+
+        Chunks of full batches are padded to ``steps_per_execution`` batches
+        (the padding is never trained on), so they share one compilation.
+        """
         if self.arrays is not None:
             order = _permutation(self.engine, epoch, self.n, self.shuffle)
             full, remainder = _epoch_plan(self.n, self.batch_size, self._limit)
             b = self.batch_size
             for start, count in _chunks(full, self.spe):
                 index = order[start * b : (start + count) * b]
-                yield start, count, _tree_map(lambda a: np.take(a, index, axis=0).reshape(count, b, *a.shape[1:]), self.arrays)
+                rows = self.spe * b if self.spe > 1 else count * b
+                yield start, count, _tree_map(lambda a: _gather(a, index, rows, self._pool).reshape(rows // b, b, *a.shape[1:]), self.arrays)
             if remainder:
                 index = order[full * b : full * b + remainder]
                 yield full, 1, _tree_map(lambda a: np.take(a, index, axis=0)[None], self.arrays)
@@ -653,21 +672,27 @@ class _StreamFeeder(_Feeder):
                 break
             batch = self._with_weights(batch)
             if pending and (_shapes(batch) != _shapes(pending[0]) or len(pending) == self.spe):
-                yield step, len(pending), _stack(pending)
+                yield step, len(pending), self._stack(pending)
                 step += len(pending)
                 pending = []
             pending.append(batch)
         if pending:
-            yield step, len(pending), _stack(pending)
+            yield step, len(pending), self._stack(pending)
         if isinstance(self.source, keras.utils.PyDataset):
             self.source.on_epoch_end()
+
+    def _stack(self, batches: list[Any]) -> Any:
+        if self.spe > 1 and len(batches) > 1:
+            batches = batches + [batches[-1]] * (self.spe - len(batches))  # padding, never trained on
+        return _stack(batches)
 
     def epoch(self, epoch: int) -> Iterator[tuple[int, int, tuple[Any, Any, int]]]:
         prefetcher = _Prefetcher(self._host_chunks(epoch), self.engine.prefetch)
         self._threads.append(prefetcher)
         try:
             for start, count, device_chunk in prefetcher:
-                yield start, start + count - 1, (device_chunk, 0, count)
+                loop = self.spe > 1 and count > 1 or _leading(device_chunk) > count
+                yield start, start + count - 1, (device_chunk, np.int32(0), np.int32(count), loop)
         finally:
             prefetcher.stop()
             self._threads.remove(prefetcher)
@@ -675,6 +700,7 @@ class _StreamFeeder(_Feeder):
     def close(self) -> None:
         for thread in list(self._threads):
             thread.stop()
+        self._pool.shutdown(wait=False)
 
 
 class _Prefetcher:
@@ -723,6 +749,20 @@ class _Prefetcher:
                 self._queue.get(timeout=0.05)
             except queue.Empty:
                 pass
+
+
+def _gather(a: np.ndarray, index: np.ndarray, rows: int, pool: concurrent.futures.ThreadPoolExecutor) -> np.ndarray:
+    """``a[index]`` into a buffer of ``rows`` rows (zero padding after), copied by several threads."""
+    out = np.zeros((rows, *a.shape[1:]), a.dtype) if rows > len(index) else np.empty((rows, *a.shape[1:]), a.dtype)
+    parts = np.array_split(np.arange(len(index)), _GATHER_THREADS)
+    list(pool.map(lambda p: np.take(a, index[p], axis=0, out=out[p[0] : p[-1] + 1], mode="clip") if len(p) else None, parts))
+    return out
+
+
+def _leading(chunk: Any) -> int:
+    import jax
+
+    return int(jax.tree_util.tree_leaves(chunk)[0].shape[0])
 
 
 def _batches(source: Any) -> Iterator[Any]:

@@ -105,11 +105,11 @@ def test_16bit_matches_continue_training_and_leaves_the_source_alone(source, dig
     history, _ = device_fit(b, x, y, epochs=2, shuffle=False, steps_per_execution=5, stagnation=True)
     # the wrapped optimizers ran through stateless_apply
     inner = b.optimizer.inner_optimizer if precision == "float16" else b.optimizer
-    assert isinstance(inner, CompensatedOptimizer) and inner.compensation == "kahan"
+    assert isinstance(inner, CompensatedOptimizer) and inner.compensation == "stochastic"
     assert isinstance(b.optimizer, DynamicLossScale) == (precision == "float16")
     for name in ("loss", "accuracy", "cancelled_share", "lost_share"):
         np.testing.assert_allclose(history[name], reference.history.history[name], rtol=RTOL, atol=ATOL)
-    # same 16-bit weights, and the same optimizer state (Kahan buffers, momentum, counters, loss scale)
+    # same 16-bit weights, and the same optimizer state (momentum, counters, loss scale)
     assert [str(v.dtype) for v in b.weights] == [str(v.dtype) for v in a.weights]
     assert_same_weights(a, b)
     for va, vb in zip(a.optimizer.variables, b.optimizer.variables):
@@ -194,13 +194,13 @@ def test_fit_continues_from_the_device_trained_state(source, digits_module):
 
 
 @jax_only
-def test_divergence_restores_the_epoch_start(source, digits_module):
+def test_divergence_restores_the_last_good_state(source, digits_module):
     (x, y), _ = digits_module
     model = compiled_copy(source)
     start = model.get_weights()
     bad = x.copy()
     bad[::100] = np.inf  # in every batch
-    with pytest.raises(TrainingDivergedError, match="epoch 1"):
+    with pytest.raises(TrainingDivergedError, match="4 times"):  # the guard of continue_training: 3 rollbacks
         device_fit(model, bad, y, epochs=2, steps_per_execution=2, check_finite=False)
     for s, w in zip(start, model.get_weights()):
         np.testing.assert_array_equal(s, w)
