@@ -416,9 +416,10 @@ def default_compensation(precision: str) -> str | None:
 
     Chosen by measurement (``benchmarks/mnist_continued.py``, see
     ``benchmarks/RESULTS.md``): for pure 16-bit models stochastic rounding
-    matches float32 test accuracy within 0.2 pp with SGD+momentum and Adam and
-    keeps weight + optimizer bytes at about half of float32 (Kahan needs a
-    16-bit buffer per weight: 0.75x with momentum, 0.67x with Adam).
+    keeps weight + optimizer bytes at 0.51x float32 and matched float32 test
+    accuracy within 0.2 pp with Adam (lr 0.01, 0.001) and SGD+momentum at lr
+    0.001; at SGD lr 0.01 it was 0.7 pp below, as was Kahan, which needs a
+    16-bit buffer per weight (0.75x bytes with momentum, 0.67x with Adam).
 
     Args:
         precision: The model's float precision: ``"float16"``, ``"bfloat16"``,
