@@ -23,7 +23,7 @@ import numpy as np
 
 from fp16cont.architecture import check_built
 from fp16cont.callbacks import EpochTimer, LossScaleLogger
-from fp16cont.carry import carry_optimizer_state, innermost_optimizer
+from fp16cont.carry import carry_optimizer_state, innermost_optimizer, made_from
 from fp16cont.checkpoint import TrainingCheckpoint, load_checkpoint
 from fp16cont.compensation import COMPENSATIONS, CompensatedOptimizer, Compensation, SlotDtype, default_compensation, find_compensated
 from fp16cont.guard import NonFiniteGuard
@@ -390,7 +390,7 @@ def _compile_for_training(model: keras.Model, optimizer: Any, loss: Any, metrics
             "loss='sparse_categorical_crossentropy'), or compile the float32 model first."
         )
     kwargs = dict(previous)
-    keep = current is not None and plan.matches(current) and (optimizer is None or optimizer is innermost_optimizer(current))
+    keep = current is not None and plan.matches(current) and (optimizer is None or made_from(current, optimizer))
     # the same optimizer chain keeps its state (moments, Kahan buffers, loss scale) across a recompile
     kwargs["optimizer"] = current if keep else plan.wrap(_base_optimizer(optimizer, current))
     if loss is not None:
