@@ -25,6 +25,7 @@ import contextlib
 import gc
 import logging
 import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,7 @@ from fp16cont.data import check_fit_args, is_array_like
 from fp16cont.errors import (
     AlreadyLowPrecisionError,
     DataError,
+    PerformanceWarning,
     InvalidArgumentError,
     InvalidSourceError,
     MissingLossError,
@@ -248,7 +250,8 @@ def compare(
     runs: list[RunRecord] = []
     method = "unavailable"
     total = len(seed_list) * len(plans)
-    with _no_retracing_warnings():  # every copy is a new model, so each traces its own step once
+    with _no_retracing_warnings(), warnings.catch_warnings():  # every copy is a new model: each traces once
+        warnings.filterwarnings("ignore", category=PerformanceWarning)  # said once, by resolve_precisions above
         if warmup:
             if talk:
                 print(f"warm-up: one unmeasured batch of {', '.join(p.description for p in plans)}", flush=True)

@@ -199,10 +199,10 @@ class ComparisonReport:
         """
         lines = [f"{_display(p)}: " + (_MIXED if p.startswith("mixed_") else _TRAINS_IN.get(p, "")).replace(
             "{p}", p.removeprefix("mixed_")) for p in self.precisions]
-        compensated = any(r.compensation for r in self.runs)
+        compensated = any(r.compensation == "kahan" for r in self.runs)
         lines.append("weight bytes / optimizer bytes: the bytes of the model's and the optimizer's variables "
                      "after training; 16-bit storage halves them"
-                     + ("; a compensated run's optimizer bytes also hold its 16-bit compensation buffer." if compensated
+                     + ("; a kahan run's optimizer bytes also hold its 16-bit compensation buffer." if compensated
                         else "."))
         lines.append(f"{self.memory_column}: {self.memory_measure}.")
         float32 = [r.peak_memory_bytes for r in self.runs if r.precision == "float32" and r.peak_memory_bytes]
