@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -211,17 +207,3 @@ def test_uploaded_arrays_are_reused_across_calls(digits):
     result = fp16cont.continue_training(b, xs, ys, epochs=1, verbose=0, shuffle=False)
     assert result.engine == "resident"
     assert _same_weights(a, b) == 0.0
-
-
-@pytest.mark.skipif(JAX, reason="runs the JAX engine tests from the default backend")
-def test_engine_modes_pass_on_the_jax_backend():
-    """The README's test command (default backend) also runs the JAX engine tests."""
-    pytest.importorskip("jax")
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(root / "tests" / "test_engine.py"),
-         str(root / "tests" / "test_device_loop.py")],
-        cwd=root, env=env, capture_output=True, text=True, timeout=900,
-    )
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
