@@ -68,6 +68,12 @@ def check_islands(keep_float32: Sequence[Island] | None) -> tuple[Island, ...]:
         return ()
     if isinstance(keep_float32, (str, type)):
         keep_float32 = (keep_float32,)
+    if not isinstance(keep_float32, (list, tuple, set, frozenset)):
+        raise InvalidArgumentError(
+            "Argument `keep_float32` should be None, an entry or a sequence of entries ('normalization', "
+            f"'output', layer name or path patterns, keras.layers.Layer subclasses). Received: {keep_float32!r}. "
+            "Fix: e.g. keep_float32=('normalization', 'output')."
+        )
     entries = tuple(keep_float32)
     for entry in entries:
         if not (isinstance(entry, str) or (isinstance(entry, type) and issubclass(entry, keras.layers.Layer))):

@@ -91,7 +91,14 @@ def build_fp16_model(
         'bfloat16'
     """
     source = _as_model(model)
-    if mode not in _MODES:
+    if not isinstance(precision, str):
+        raise InvalidArgumentError(
+            f"Argument `precision` should be 'auto', 'float16' or 'bfloat16'. Received: {precision!r}. "
+            "Fix: leave it 'auto'."
+        )
+    if not isinstance(verify, bool):
+        raise InvalidArgumentError(f"Argument `verify` should be True or False. Received: {verify!r}. Fix: leave it True.")
+    if not isinstance(mode, str) or mode not in _MODES:
         raise InvalidArgumentError(
             f"Argument `mode` should be 'pure' or 'mixed'. Received: mode={mode!r}. "
             "Fix: mode='pure' keeps variables in 16-bit (half the memory); mode='mixed' is "

@@ -160,6 +160,7 @@ def continue_training(
             "Fix: pass the model from build_fp16_model()."
         )
     check_built(model)
+    _check_training_args(loss, metrics, callbacks, loss_scale_options, stagnation, compensation, loss_scaling)
     view_x, view_y = (d.arrays if isinstance(d, Resident) else d for d in (x, y))  # what the checks can read
     check_fit_args(view_x, view_y, batch_size, epochs)
     options = as_engine(engine)
@@ -258,7 +259,7 @@ def resolve_optimizer(optimizer: Any) -> keras.optimizers.Optimizer:
         return keras.optimizers.SGD(learning_rate=DEFAULT_LEARNING_RATE)
     try:
         return keras.optimizers.get(optimizer)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
         raise InvalidArgumentError(
             f"Argument `optimizer` is not a Keras optimizer. Received: optimizer={optimizer!r} "
             f"({err}). Fix: pass an instance such as keras.optimizers.SGD(0.01) or a name such "
@@ -353,6 +354,51 @@ def prepare_optimizer(
         DynamicLossScale(keras.optimizers.SGD(), **plan.loss_scale_options)  # checks them before anything runs
     _compile_for_training(model, optimizer, loss, metrics, plan)
     return plan
+
+
+def _check_training_args(loss: Any, metrics: Any, callbacks: Any, loss_scale_options: Any, stagnation: Any,
+                         compensation: Any, loss_scaling: Any) -> None:
+    """Typed errors for arguments Keras would reject late, or after the model was recompiled."""
+    def bad(name: str, value: Any, expected: str, fix: str) -> InvalidArgumentError:
+        return InvalidArgumentError(f"Argument `{name}` should be {expected}. Received: {name}={value!r}. Fix: {fix}.")
+
+    if loss is not None and not _known(loss, keras.losses.get):
+        raise bad("loss", loss, "a Keras loss, its name, or a list/dict of them", "e.g. loss='sparse_categorical_crossentropy'")
+    if metrics is not None and (not isinstance(metrics, (list, tuple, dict))
+                                or not all(_known(m, keras.metrics.get) for m in _leaves(metrics))):
+        raise bad("metrics", metrics, "a list (or dict) of Keras metrics or their names", "e.g. metrics=['accuracy']")
+    if callbacks is not None and (not isinstance(callbacks, (list, tuple))
+                                  or not all(isinstance(c, keras.callbacks.Callback) for c in callbacks)):
+        raise bad("callbacks", callbacks, "a list of keras.callbacks.Callback instances", "e.g. callbacks=[keras.callbacks.EarlyStopping()]")
+    if loss_scale_options is not None and not isinstance(loss_scale_options, dict):
+        raise bad("loss_scale_options", loss_scale_options, "a dict of DynamicLossScale arguments", "e.g. loss_scale_options={'initial_scale': 2.0**15}")
+    if not isinstance(stagnation, bool):
+        raise bad("stagnation", stagnation, "True or False", "leave it False")
+    if not (compensation is None or isinstance(compensation, str)):
+        raise bad("compensation", compensation, "'auto', 'kahan', 'stochastic', 'none' or None", "leave it 'auto'")
+    if not isinstance(loss_scaling, (bool, str)):
+        raise bad("loss_scaling", loss_scaling, "'auto', True or False", "leave it 'auto'")
+
+
+def _leaves(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return [leaf for v in value.values() for leaf in _leaves(v)]
+    if isinstance(value, (list, tuple)):
+        return [leaf for v in value for leaf in _leaves(v)]
+    return [value]
+
+
+def _known(value: Any, get: Any) -> bool:
+    """Whether Keras resolves ``value`` (a name, an object, or a list/dict of them) with ``get``."""
+    if isinstance(value, (list, tuple, dict)):
+        leaves = [v for v in _leaves(value) if v is not None]  # None: an output without a loss
+        return bool(leaves) and all(_known(v, get) for v in leaves)
+    if isinstance(value, str):
+        try:
+            return get(value) is not None
+        except (ValueError, TypeError, KeyError):
+            return False
+    return callable(value)
 
 
 def _resolve_compensation(compensation: Any, precision: str) -> str | None:

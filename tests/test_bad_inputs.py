@@ -288,16 +288,12 @@ def test_property_compare(tiny, precisions, epochs, batch_size, seeds, train, op
                                                 metrics=metrics, warmup=warmup, verbose=0))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "not yet typed (engine and rebuild modules): continue_training's loss, metrics, callbacks, "
-    "loss_scale_options and stagnation, optimizer={}, array values of compensation/loss_scaling; "
-    "build_fp16_model's keep_float32=0, weights=[] and array values of precision/mode/verify"))
 @_few(6)
 @given(which=st.sampled_from(["loss", "metrics", "callbacks", "loss_scale_options", "stagnation", "optimizer",
                               "compensation", "loss_scaling", "keep_float32", "precision", "mode", "verify",
                               "weights"]),
        value=ODD)
-def test_property_arguments_still_untyped(tiny, which, value):
+def test_property_the_remaining_arguments_are_typed(tiny, which, value):
     model, x, y = tiny
     if which in ("keep_float32", "precision", "mode", "verify", "weights"):
         call = lambda: fp16cont.build_fp16_model(model, **{"precision": "bfloat16", which: value})  # noqa: E731
