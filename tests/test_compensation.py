@@ -52,18 +52,20 @@ def test_plain_float16_sgd_stalls_while_kahan_tracks_float32(momentum):
     assert result.compensation == "kahan"
 
 
-def test_plain_bfloat16_stalls_while_stochastic_rounding_tracks_in_expectation():
+@pytest.mark.parametrize("precision, seed", [("bfloat16", 3), ("float16", 5)])
+def test_plain_16bit_stalls_while_stochastic_rounding_tracks_in_expectation(precision, seed):
     units = 256
     w32, _ = _train("float32", None, units=units)
-    w_plain, _ = _train("bfloat16", None, units=units)
-    w_sr, result = _train("bfloat16", "stochastic", units=units, seed=3)
+    w_plain, _ = _train(precision, None, units=units)
+    w_sr, result = _train(precision, "stochastic", units=units, seed=seed)
     moved = 1.0 - w32.mean()
     assert moved > 2e-3
     assert np.all(w_plain == 1.0)
     # the mean over 256 independently rounded weights is within 15% of float32's step
     assert abs((1.0 - w_sr.mean()) - moved) < 0.15 * moved
+    assert result.compensation == "stochastic"
     assert len(np.unique(w_sr)) > 1  # really random, not a fixed rounding
-    again, _ = _train("bfloat16", "stochastic", units=units, seed=3)
+    again, _ = _train(precision, "stochastic", units=units, seed=seed)
     assert np.array_equal(again, w_sr)  # reproducible with the same seed
 
 
@@ -137,17 +139,6 @@ def test_compensated_optimizer_plugs_into_plain_compile(digits):
 def test_bad_compensation_settings(kwargs):
     with pytest.raises(InvalidArgumentError, match="Received"):
         CompensatedOptimizer(keras.optimizers.SGD(0.01), **kwargs)
-
-
-def test_plain_float16_stalls_while_stochastic_rounding_tracks_in_expectation():
-    units = 256
-    w32, _ = _train("float32", None, units=units)
-    w_plain, _ = _train("float16", None, units=units)
-    w_sr, result = _train("float16", "stochastic", units=units, seed=5)
-    moved = 1.0 - w32.mean()
-    assert np.all(w_plain == 1.0)
-    assert abs((1.0 - w_sr.mean()) - moved) < 0.15 * moved
-    assert result.compensation == "stochastic"
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
