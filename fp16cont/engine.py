@@ -630,15 +630,16 @@ class _StreamFeeder(_Feeder):
             self.arrays = None
             self.source = x
             self.steps_per_epoch = _dataset_steps(x, steps_per_epoch)
-        first = self.example_batch()[0]
+        if self.arrays is not None:
+            self._example = _tree_map(lambda a: np.asarray(a[: self.batch_size]), self.arrays)
+        else:
+            self._example = self._with_weights(next(iter(_batches(self.source))))  # read the source once
         import jax
 
-        self.uint8_inputs = all(str(np.asarray(a).dtype) == "uint8" for a in jax.tree_util.tree_leaves(first))
+        self.uint8_inputs = all(str(np.asarray(a).dtype) == "uint8" for a in jax.tree_util.tree_leaves(self._example[0]))
 
     def example_batch(self) -> tuple[Any, Any, Any]:
-        if self.arrays is not None:
-            return _tree_map(lambda a: np.asarray(a[: self.batch_size]), self.arrays)
-        return self._with_weights(next(iter(_batches(self.source))))
+        return self._example
 
     def _with_weights(self, batch: Any) -> tuple[Any, Any, Any]:
         x, y, sw = keras.utils.unpack_x_y_sample_weight(batch)
