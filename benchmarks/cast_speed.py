@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 import fp16cont
-from fp16cont.tables import render_table
+from fp16cont.reporting.tables import render_table
 
 
 def main() -> None:

@@ -39,8 +39,8 @@ def child(model_name: str, variant: str, batch: int, steps: int, epochs: int) ->
     import numpy as np
 
     import fp16cont
-    from fp16cont.memory import peak_memory_growth, start_peak_memory
-    from fp16cont.rebuild import weight_bytes
+    from fp16cont.reporting.memory import peak_memory_growth, start_peak_memory
+    from fp16cont.convert.rebuild import weight_bytes
 
     build = {"resnet20": fp16cont.resnet20, "resnet56": fp16cont.resnet56, "mlp": lambda: fp16cont.mlp(784)}[model_name]
     keras.utils.set_random_seed(0)
@@ -90,7 +90,7 @@ def child(model_name: str, variant: str, batch: int, steps: int, epochs: int) ->
         "optimizer_bytes": optimizer_bytes,
         "peak_bytes": peak.bytes,
         "memory_method": peak.method,
-        "precision": fp16cont.rebuild.float_precision(model),
+        "precision": fp16cont.convert.rebuild.float_precision(model),
     }
 
 
@@ -126,7 +126,7 @@ def main() -> None:
 
 
 def table(model: str, runs: dict[str, list[dict]]) -> str:
-    from fp16cont.tables import render_table
+    from fp16cont.reporting.tables import render_table
 
     base = statistics.median(r["images_per_s"] for r in runs.get("float32", runs[next(iter(runs))]))
     base_bytes = (runs.get("float32") or next(iter(runs.values())))[0]

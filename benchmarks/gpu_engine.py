@@ -12,7 +12,7 @@ depend on pixel values):
   ct_f16_u8          the same on the uint8 images, ``Engine(input_scale=1/255)``
   ct_f16_streamed    the same, ``Engine("streamed", ...)``: host arrays streamed with prefetch
   ct_mixed           ``continue_training`` of the Keras ``mixed_float16`` model (same engine)
-  engine_by_hand     ``fp16cont.engine.fit_with_engine`` called by hand on the
+  engine_by_hand     ``fp16cont.training.engine.fit_with_engine`` called by hand on the
                      fp16cont model, without continue_training's checks and monitors
 
 Each variant first runs one untimed epoch (its wall time, compilation
@@ -46,8 +46,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import fp16cont  # noqa: E402
-from fp16cont.engine import Engine, choose_engine, fit_with_engine  # noqa: E402
-from fp16cont.train import prepare_optimizer  # noqa: E402
+from fp16cont.training.engine import Engine, choose_engine, fit_with_engine  # noqa: E402
+from fp16cont.training.train import prepare_optimizer  # noqa: E402
 
 VARIANTS = ("keras_fp32_fit", "keras_fp32_spe", "keras_mixed_spe", "ct_f16", "ct_f16_u8", "ct_f16_streamed", "ct_mixed", "engine_by_hand")
 TARGETS = {  # numerator, denominator, target

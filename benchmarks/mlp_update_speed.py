@@ -75,7 +75,7 @@ def update_only(variants: list[str], precision: str, repeats: int, steps: int = 
     import keras
     import numpy as np
 
-    from fp16cont.compensation import CompensatedOptimizer
+    from fp16cont.optim.compensation import CompensatedOptimizer
 
     shapes = [(784, 1024), (1024,), (1024, 1024), (1024,), (1024, 1024), (1024,), (1024, 10), (10,)]
     rng = np.random.default_rng(0)

@@ -32,9 +32,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import fp16cont  # noqa: E402
-from fp16cont.architecture import clone_with_policies  # noqa: E402
-from fp16cont.stagnation import stagnation_audit  # noqa: E402
-from fp16cont.tables import render_table  # noqa: E402
+from fp16cont.convert.architecture import clone_with_policies  # noqa: E402
+from fp16cont.reporting.stagnation import stagnation_audit  # noqa: E402
+from fp16cont.reporting.tables import render_table  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist.npz"
 

@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # optional: hide TensorFlow'
 import keras
 
 import fp16cont  # the import that goes with the two added lines
-from fp16cont.demo import load_digits
+from fp16cont.bench.demo import load_digits
 
 (x, y), (x_test, y_test) = load_digits()
 keras.utils.set_random_seed(0)

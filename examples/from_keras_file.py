@@ -30,7 +30,7 @@ from pathlib import Path
 import keras
 
 import fp16cont
-from fp16cont.demo import load_digits
+from fp16cont.bench.demo import load_digits
 
 
 def save_float32_model(path: Path) -> None:

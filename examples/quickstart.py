@@ -22,7 +22,7 @@ import keras
 import numpy as np
 
 import fp16cont
-from fp16cont.demo import load_digits
+from fp16cont.bench.demo import load_digits
 
 
 def make_model() -> keras.Model:

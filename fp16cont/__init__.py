@@ -27,23 +27,23 @@ from fp16cont.errors import (
     WeightOverflowError,
 )
 from fp16cont.hardware import Device, PrecisionChoice, detect_device, select_precision
-from fp16cont.policies import DEFAULT_ISLANDS
-from fp16cont.quantize import QuantizedWeights, quantize_weights
-from fp16cont.rebuild import build_fp16_model
-from fp16cont.reports import BuildReport, QuantizationReport, TrainingResult, VariableAudit, Verification
-from fp16cont.train import continue_training
-from fp16cont.carry import carry_optimizer_state
-from fp16cont.checkpoint import load_checkpoint, save_checkpoint
-from fp16cont.compare import compare
-from fp16cont.compensation import CompensatedOptimizer
-from fp16cont.device_loop import DeviceFitResult, device_fit, upload
-from fp16cont.export import export_float32
-from fp16cont.guard import NonFiniteGuard
-from fp16cont.loss_scale import DynamicLossScale
-from fp16cont.stagnation import StagnationMonitor, StagnationReport, stagnation_audit
-from fp16cont.comparison import ComparisonReport, EpochRecord, RunRecord
-from fp16cont.datasets import load_dataset
-from fp16cont.models import mlp, resnet, resnet20, resnet32, resnet56
+from fp16cont.convert.policies import DEFAULT_ISLANDS
+from fp16cont.convert.quantize import QuantizedWeights, quantize_weights
+from fp16cont.convert.rebuild import build_fp16_model
+from fp16cont.reporting.reports import BuildReport, QuantizationReport, TrainingResult, VariableAudit, Verification
+from fp16cont.training.train import continue_training
+from fp16cont.optim.carry import carry_optimizer_state
+from fp16cont.training.checkpoint import load_checkpoint, save_checkpoint
+from fp16cont.reporting.compare import compare
+from fp16cont.optim.compensation import CompensatedOptimizer
+from fp16cont.training.device_loop import DeviceFitResult, device_fit, upload
+from fp16cont.convert.export import export_float32
+from fp16cont.training.guard import NonFiniteGuard
+from fp16cont.optim.loss_scale import DynamicLossScale
+from fp16cont.reporting.stagnation import StagnationMonitor, StagnationReport, stagnation_audit
+from fp16cont.reporting.comparison import ComparisonReport, EpochRecord, RunRecord
+from fp16cont.bench.datasets import load_dataset
+from fp16cont.bench.models import mlp, resnet, resnet20, resnet32, resnet56
 
 __version__ = "0.1.0"
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from fp16cont.errors import Fp16ContError, InvalidArgumentError
 
 if TYPE_CHECKING:
-    from fp16cont.comparison import ComparisonReport
+    from fp16cont.reporting.comparison import ComparisonReport
 
 __all__ = ["main"]
 
@@ -119,7 +119,7 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from fp16cont.demo import demo_notes, render_demo, run_demo
+    from fp16cont.bench.demo import demo_notes, render_demo, run_demo
     from fp16cont.hardware import detect_device, select_precision
 
     device = detect_device()
@@ -133,7 +133,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _run_audit(args: argparse.Namespace) -> int:
-    from fp16cont.quantize import quantize_weights
+    from fp16cont.convert.quantize import quantize_weights
 
     q = quantize_weights(args.model, args.precision, on_overflow=args.on_overflow)
     print(q.report.summary(args.markdown))
@@ -141,9 +141,9 @@ def _run_audit(args: argparse.Namespace) -> int:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from fp16cont.compare import compare
-    from fp16cont.datasets import load_dataset
-    from fp16cont.sources import load_model
+    from fp16cont.reporting.compare import compare
+    from fp16cont.bench.datasets import load_dataset
+    from fp16cont.convert.sources import load_model
 
     if args.out is not None:
         _make_dir(args.out)
@@ -183,7 +183,7 @@ def _make_dir(out: Path) -> None:
 
 
 def _write_outputs(report: ComparisonReport, out: Path) -> None:
-    from fp16cont.plotting import INSTALL_HINT, plot_available
+    from fp16cont.reporting.plotting import INSTALL_HINT, plot_available
 
     (out / "comparison.md").write_text(
         f"# {report.model_name}: continued training by precision\n\n{report.table(markdown=True)}\n\n"

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from fp16cont.demo import load_digits
+from fp16cont.bench.demo import load_digits
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ if mode == "mirrored":
 import keras  # noqa: E402
 
 import fp16cont  # noqa: E402
-from fp16cont.demo import load_digits  # noqa: E402
+from fp16cont.bench.demo import load_digits  # noqa: E402
 
 
 def strategy():

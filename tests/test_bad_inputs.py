@@ -131,7 +131,7 @@ def test_table_has_at_least_twenty_cases():
 
 def test_data_smaller_than_the_batch_trains_like_keras(env):
     """20 samples and the default batch of 128: one partial batch per epoch, as in ``fit``."""
-    from fp16cont.data import partial_batch_notice, smaller_than_batch
+    from fp16cont.training.data import partial_batch_notice, smaller_than_batch
 
     model16 = fp16cont.build_fp16_model(env["model"], precision="bfloat16")
     before = [np.array(w).tobytes() for w in model16.get_weights()]
@@ -145,7 +145,7 @@ def test_data_smaller_than_the_batch_trains_like_keras(env):
 
 
 def test_nan_check_can_be_switched_off(env):
-    from fp16cont.data import check_fits_model
+    from fp16cont.training.data import check_fits_model
 
     with pytest.raises(E.DataError, match="rows 3, 17, 40"):
         check_fits_model(env["model16"], env["some_nan"], env["y"], "sparse_categorical_crossentropy", None)
@@ -156,7 +156,7 @@ def test_nan_check_can_be_switched_off(env):
 def test_valid_edge_cases_are_not_refused(env):
     """Inputs Keras accepts: (n, 1) sparse labels, a batched dataset, a single-unit one-hot-free output."""
     import tensorflow as tf
-    from fp16cont.data import check_fits_model
+    from fp16cont.training.data import check_fits_model
 
     sparse = "sparse_categorical_crossentropy"
     check_fits_model(env["model16"], env["x"], env["y"][:, None], sparse, None)

@@ -4,12 +4,12 @@ import sys
 import keras
 
 from fp16cont.cli import main
-from fp16cont.demo import render_demo, run_demo
+from fp16cont.bench.demo import render_demo, run_demo
 from tests.conftest import MODEL_BUILDERS
 
 
 def test_demo_trains_both_precisions_on_real_digits(capsys):
-    from fp16cont.demo import demo_notes
+    from fp16cont.bench.demo import demo_notes
 
     rows = run_demo(pretrain_epochs=1, epochs=2, verbose=2)
     printed = capsys.readouterr().out

@@ -6,7 +6,7 @@ import pytest
 
 import fp16cont
 from fp16cont.cli import main
-from fp16cont.plotting import plot_available
+from fp16cont.reporting.plotting import plot_available
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,1 @@
+"""Reference models, datasets and the demo used by the command line and the benchmarks."""

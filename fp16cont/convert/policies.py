@@ -1,0 +1,190 @@
+"""Choose a dtype policy for each layer: the 16-bit body and float32 islands.
+
+Islands keep numerically sensitive parts in float32: normalization layers
+keep float32 statistics and parameters (``mixed_<16-bit>`` policy: float32
+variables, 16-bit compute), and the output layers run fully in float32 so that
+the loss is computed in float32.
+
+Example:
+    >>> import keras
+    >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="head")])
+    >>> plan = policy_plan(m, "bfloat16", "pure")
+    >>> plan(m.get_layer("head"))
+    'float32'
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from collections.abc import Collection, Sequence
+from typing import Literal, Union
+
+import keras
+
+from fp16cont.convert.architecture import iter_layers, output_layers
+from fp16cont.errors import InvalidArgumentError
+from fp16cont.numerics import LowPrecision
+
+__all__ = ["Island", "Mode", "DEFAULT_ISLANDS", "NORMALIZATION_LAYERS", "policy_plan", "check_islands", "PolicyPlan"]
+
+Island = Union[str, type]
+Mode = Literal["pure", "mixed"]
+DEFAULT_ISLANDS: tuple[Island, ...] = ("normalization", "output")
+NORMALIZATION_LAYERS: tuple[type, ...] = tuple(
+    getattr(keras.layers, name)
+    for name in (
+        "BatchNormalization",
+        "LayerNormalization",
+        "GroupNormalization",
+        "RMSNormalization",
+        "Normalization",
+        "SpectralNormalization",
+    )
+    if hasattr(keras.layers, name)
+)
+_TOKENS = ("normalization", "output")
+
+
+def check_islands(keep_float32: Sequence[Island] | None) -> tuple[Island, ...]:
+    """Validate ``keep_float32`` entries.
+
+    Args:
+        keep_float32: ``"normalization"``, ``"output"``, layer-name glob
+            patterns (``"head*"``) and ``keras.layers.Layer`` subclasses; ``None``
+            or ``()`` for no islands.
+
+    Returns:
+        The entries as a tuple.
+
+    Raises:
+        InvalidArgumentError: For entries of any other type.
+
+    Example:
+        >>> check_islands(["output", keras.layers.Embedding])[0]
+        'output'
+    """
+    if keep_float32 is None:
+        return ()
+    if isinstance(keep_float32, (str, type)):
+        keep_float32 = (keep_float32,)
+    if not isinstance(keep_float32, (list, tuple, set, frozenset)):
+        raise InvalidArgumentError(
+            "Argument `keep_float32` should be None, an entry or a sequence of entries ('normalization', "
+            f"'output', layer name or path patterns, keras.layers.Layer subclasses). Received: {keep_float32!r}. "
+            "Fix: e.g. keep_float32=('normalization', 'output')."
+        )
+    entries = tuple(keep_float32)
+    for entry in entries:
+        if not (isinstance(entry, str) or (isinstance(entry, type) and issubclass(entry, keras.layers.Layer))):
+            raise InvalidArgumentError(
+                "Argument `keep_float32` should hold 'normalization', 'output', layer name or "
+                f"path patterns or keras.layers.Layer subclasses. Received: {entry!r}. Fix: e.g. "
+                "keep_float32=('normalization', 'output', keras.layers.Embedding, 'head*')."
+            )
+    return entries
+
+
+@dataclass(frozen=True)
+class PolicyPlan:
+    """The dtype policy of each source layer, and why a layer is an island.
+
+    Call it with a source layer to get its policy name; :meth:`reason` says
+    why a layer is kept in float32 (``None`` for the 16-bit body).
+
+    Attributes:
+        main: The policy of the body (``"bfloat16"``, ``"mixed_float16"``...).
+        reasons: ``id(layer) -> reason`` for every island layer.
+        policies: ``id(layer) -> policy`` for every island layer.
+    """
+
+    main: str
+    reasons: dict[int, str] = field(default_factory=dict)
+    policies: dict[int, str] = field(default_factory=dict)
+
+    def __call__(self, layer: keras.layers.Layer) -> str:
+        return self.policies.get(id(layer), self.main)
+
+    def reason(self, layer: keras.layers.Layer) -> str | None:
+        """Why ``layer`` is an island, or ``None`` when it is in the body."""
+        return self.reasons.get(id(layer))
+
+
+def policy_plan(
+    model: keras.Model,
+    precision: LowPrecision,
+    mode: Mode,
+    keep_float32: Sequence[Island] | None = DEFAULT_ISLANDS,
+    float32_variables: Collection[str] = (),
+) -> PolicyPlan:
+    """Return the plan that names the dtype policy of each source layer.
+
+    Every layer anywhere in the tree is planned: layers of nested models,
+    of wrapper layers (``Bidirectional``, ``TimeDistributed``) and of
+    KerasHub backbones and tasks. Patterns match a layer's name or its path
+    (``"transformer_layer_*/self_attention*"``).
+
+    Args:
+        model: The float32 source model.
+        precision: ``"float16"`` or ``"bfloat16"``.
+        mode: ``"pure"`` (16-bit variables and compute) or ``"mixed"``
+            (float32 variables, 16-bit compute).
+        keep_float32: Island entries, see :func:`check_islands`.
+        float32_variables: Variable paths that must stay float32; their layers
+            run fully in float32.
+
+    Returns:
+        A :class:`PolicyPlan`, a function from a source layer to its policy name.
+
+    Raises:
+        InvalidArgumentError: For bad ``keep_float32`` entries.
+
+    Example:
+        >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="head")])
+        >>> plan = policy_plan(m, "bfloat16", "pure")
+        >>> plan(m.get_layer("head")), plan.reason(m.get_layer("head"))
+        ('float32', 'output layer')
+    """
+    entries = check_islands(keep_float32)
+    main = precision if mode == "pure" else f"mixed_{precision}"
+    classes = tuple(e for e in entries if isinstance(e, type))
+    patterns = tuple(e for e in entries if isinstance(e, str) and e not in _TOKENS)
+    outputs = output_layers(model) if "output" in entries else []
+    norm = NORMALIZATION_LAYERS if "normalization" in entries else ()
+    forced = _layers_owning(model, set(float32_variables))
+    plan = PolicyPlan(main)
+    for layer in iter_layers(model):
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        reason, policy = _island(layer, outputs, forced, classes, patterns, norm, precision)
+        if reason is not None and id(layer) not in plan.reasons:
+            plan.reasons[id(layer)] = reason
+            plan.policies[id(layer)] = policy
+            if policy == "float32":  # a float32 container: everything inside it too
+                for sub in iter_layers(layer):
+                    plan.reasons.setdefault(id(sub), f"inside {layer.path or layer.name} ({reason})")
+                    plan.policies.setdefault(id(sub), "float32")
+    return plan
+
+
+def _island(layer, outputs, forced, classes, patterns, norm, precision) -> tuple[str | None, str]:
+    if any(layer is f for f in forced):
+        return "weights kept float32 (on_overflow='keep_float32')", "float32"
+    if any(layer is o for o in outputs):
+        return "output layer", "float32"
+    if isinstance(layer, classes):
+        return f"keep_float32 class {type(layer).__name__}", "float32"
+    names = (layer.name, layer.path or layer.name)
+    hit = next((p for p in patterns if any(fnmatch.fnmatchcase(n, p) for n in names)), None)
+    if hit is not None:
+        return f"keep_float32 pattern {hit!r}", "float32"
+    if isinstance(layer, norm):
+        return "normalization (float32 statistics)", f"mixed_{precision}"
+    return None, ""
+
+
+def _layers_owning(model: keras.Model, paths: set[str]) -> list[keras.layers.Layer]:
+    if not paths:
+        return []
+    leaves = [l for l in iter_layers(model) if not list(l._flatten_layers(include_self=False))]
+    return [l for l in leaves if any(v.path in paths for v in l.weights)]
