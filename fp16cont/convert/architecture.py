@@ -24,11 +24,13 @@ from typing import Any
 
 import keras
 
+from fp16cont import _keras_compat as compat
 from fp16cont.errors import ModelNotBuiltError, RebuildError
 
 __all__ = [
     "PolicyFn",
     "iter_layers",
+    "child_layers",
     "output_layers",
     "clone_with_policies",
     "check_built",
@@ -53,7 +55,7 @@ def iter_layers(model: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
         >>> [type(l).__name__ for l in iter_layers(m)]
         ['Dense']
     """
-    yield from model._flatten_layers(include_self=False, recursive=True)
+    yield from compat.flatten_layers(model, recursive=True)
 
 
 def output_layers(model: keras.Model) -> list[keras.layers.Layer]:
@@ -74,7 +76,7 @@ def output_layers(model: keras.Model) -> list[keras.layers.Layer]:
     if isinstance(model, keras.Sequential):
         found = model.layers[-1:] if model.layers else []
     elif _is_functional(model):
-        found = [t._keras_history.operation for t in keras.tree.flatten(model.outputs)]
+        found = [compat.producing_layer(t) for t in keras.tree.flatten(model.outputs)]
     else:
         return []
     result: list[keras.layers.Layer] = []
@@ -234,8 +236,20 @@ def _is_float_policy(value: Any) -> bool:
     return False
 
 
-def _children(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
-    return list(layer._flatten_layers(include_self=False, recursive=False))  # private Keras API
+def child_layers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    """The direct sub-layers of ``layer`` (empty for a leaf layer).
+
+    Args:
+        layer: A Keras layer or model.
+
+    Returns:
+        The sub-layers one level down.
+
+    Example:
+        >>> child_layers(keras.layers.Dense(2))
+        []
+    """
+    return compat.flatten_layers(layer, recursive=False)
 
 
 def _rewrite_config(node: Any, layer: keras.layers.Layer | None, planned: dict[int, str | None], inherited: Any) -> None:
@@ -262,7 +276,7 @@ def _rewrite_config(node: Any, layer: keras.layers.Layer | None, planned: dict[i
     own = inherited
     if layer is not None and planned.get(id(layer)) is not None:
         policy = planned[id(layer)]
-        own = _container_policy(layer, planned, policy) if _children(layer) else policy
+        own = _container_policy(layer, planned, policy) if child_layers(layer) else policy
     if node["class_name"] != "InputLayer" and _is_float_policy(inner.get("dtype")):
         inner["dtype"] = copy.deepcopy(own)
     for key, value in inner.items():
@@ -270,7 +284,7 @@ def _rewrite_config(node: Any, layer: keras.layers.Layer | None, planned: dict[i
             inner[key] = {"module": __name__, "class_name": "Float32Initializer",
                           "config": {"initializer": value}, "registered_name": _FLOAT32_INIT}
     if layer is not None and _is_graph_model(layer) and isinstance(inner.get("layers"), list):
-        by_name = {sub.name: sub for sub in _children(layer)}
+        by_name = {sub.name: sub for sub in child_layers(layer)}
         for sub_config in inner["layers"]:
             name = sub_config.get("config", {}).get("name") if isinstance(sub_config, dict) else None
             _rewrite_config(sub_config, by_name.get(name), planned, own)
@@ -340,8 +354,8 @@ def _settle_policies(clone: keras.Model) -> None:
     saved and reloaded model keeps its islands."""
     for layer in [clone, *iter_layers(clone)]:
         if isinstance(layer.dtype_policy, keras.dtype_policies.DTypePolicyMap):
-            if not _children(layer) or _is_graph_model(layer):
-                layer._dtype_policy = effective_policy(layer)  # private Keras API: a shared map stays intact
+            if not child_layers(layer) or _is_graph_model(layer):
+                compat.set_layer_policy(layer, effective_policy(layer))  # a shared map stays intact
 
 
 def _is_graph_model(layer: keras.layers.Layer) -> bool:
@@ -353,7 +367,7 @@ def _is_graph_model(layer: keras.layers.Layer) -> bool:
 
 
 def _is_functional(model: keras.layers.Layer) -> bool:
-    return isinstance(model, keras.Model) and hasattr(model, "_operations") and hasattr(model, "outputs")
+    return compat.is_functional(model)
 
 
 def _serialize(model: keras.Model) -> dict[str, Any]:
@@ -393,7 +407,7 @@ def _set_unbuilt_policies(clone: keras.Model, source: keras.Model, planned: dict
             return  # a different construction order: the policy map must do
         policy = planned.get(id(old))
         if policy is not None and not new.built and not isinstance(new, keras.layers.InputLayer):
-            new._dtype_policy = keras.DTypePolicy(policy)  # private Keras API: never edit a shared map
+            compat.set_layer_policy(new, keras.DTypePolicy(policy))  # never edit a shared map
 
 
 def _build_like(clone: keras.Model, source: keras.Model, build_config: dict[str, Any] | None) -> None:

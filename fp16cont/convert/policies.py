@@ -22,11 +22,20 @@ from typing import Literal, Union
 
 import keras
 
-from fp16cont.convert.architecture import iter_layers, output_layers
+from fp16cont.convert.architecture import child_layers, iter_layers, output_layers
 from fp16cont.errors import InvalidArgumentError
 from fp16cont.numerics import LowPrecision
 
-__all__ = ["Island", "Mode", "DEFAULT_ISLANDS", "NORMALIZATION_LAYERS", "policy_plan", "check_islands", "PolicyPlan"]
+__all__ = [
+    "Island",
+    "Mode",
+    "DEFAULT_ISLANDS",
+    "NORMALIZATION_LAYERS",
+    "policy_plan",
+    "check_islands",
+    "is_output_embedding",
+    "PolicyPlan",
+]
 
 Island = Union[str, type]
 Mode = Literal["pure", "mixed"]
@@ -149,7 +158,7 @@ def policy_plan(
     main = precision if mode == "pure" else f"mixed_{precision}"
     classes = tuple(e for e in entries if isinstance(e, type))
     patterns = tuple(e for e in entries if isinstance(e, str) and e not in _TOKENS)
-    outputs = output_layers(model) if "output" in entries else []
+    outputs = [o for o in output_layers(model) if not is_output_embedding(o)] if "output" in entries else []
     norm = NORMALIZATION_LAYERS if "normalization" in entries else ()
     forced = _layers_owning(model, set(float32_variables))
     plan = PolicyPlan(main)
@@ -165,6 +174,31 @@ def policy_plan(
                     plan.reasons.setdefault(id(sub), f"inside {layer.path or layer.name} ({reason})")
                     plan.policies.setdefault(id(sub), "float32")
     return plan
+
+
+def is_output_embedding(layer: keras.layers.Layer) -> bool:
+    """Whether ``layer`` is an embedding that also produces the logits (``ReversibleEmbedding``).
+
+    The ``"output"`` island skips such a layer: its table is the model's input
+    embedding too (GPT-2, Gemma: tied; Llama: a second table in the same
+    layer), often the largest single variable, and the logits it computes are
+    rounded to 16-bit just as in Keras' mixed precision while the loss still
+    runs in float32. Measured on a byte-level GPT-2 continued on real text
+    (``benchmarks/lm_continued.py``), the 16-bit table matches float32's held-out
+    loss; keeping it float32 costs bytes and speed. To keep it float32 anyway,
+    name it: ``keep_float32=(..., "token_embedding")``.
+
+    Args:
+        layer: A layer of the source model.
+
+    Returns:
+        ``True`` for a ``ReversibleEmbedding`` (Keras' or KerasHub's).
+
+    Example:
+        >>> is_output_embedding(keras.layers.Dense(2))
+        False
+    """
+    return any(cls.__name__ == "ReversibleEmbedding" for cls in type(layer).__mro__)
 
 
 def _island(layer, outputs, forced, classes, patterns, norm, precision) -> tuple[str | None, str]:
@@ -186,5 +220,5 @@ def _island(layer, outputs, forced, classes, patterns, norm, precision) -> tuple
 def _layers_owning(model: keras.Model, paths: set[str]) -> list[keras.layers.Layer]:
     if not paths:
         return []
-    leaves = [l for l in iter_layers(model) if not list(l._flatten_layers(include_self=False))]
+    leaves = [l for l in iter_layers(model) if not child_layers(l)]
     return [l for l in leaves if any(v.path in paths for v in l.weights)]

@@ -17,6 +17,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from fp16cont import _keras_compat as compat
 from fp16cont.errors import InvalidArgumentError, WeightMismatchError
 from fp16cont.numerics import facts, is_low_float, numpy_dtype
 from fp16cont.convert.quantize import audit_cast
@@ -109,7 +110,7 @@ def _from_config(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Opti
     try:
         return type(optimizer).from_config(dict(config))
     except (TypeError, ValueError) as err:
-        schedule = getattr(optimizer, "_learning_rate", None)  # private Keras API: the schedule object itself
+        schedule = compat.learning_rate_schedule(optimizer)  # the schedule object itself
         if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
             raise InvalidArgumentError(
                 f"The optimizer {type(optimizer).__name__} cannot be rebuilt from its config ({err}), and "

@@ -41,6 +41,7 @@ from typing import Any, Literal
 import keras
 from keras import ops
 
+from fp16cont import _keras_compat as compat
 from fp16cont.optim.carry import HostValues, private_copy, restore_state, state_values
 from fp16cont.errors import InvalidArgumentError
 from fp16cont.numerics import LOW_PRECISIONS, facts, is_low_float
@@ -169,7 +170,7 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
 
     @property
     def variables(self) -> list[Any]:
-        return list(self._variables) + list(self.inner_optimizer.variables)
+        return compat.optimizer_own_variables(self) + list(self.inner_optimizer.variables)
 
     # -- delegation -------------------------------------------------------
     @property
@@ -210,7 +211,7 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
 
         if not _tensorflow.single_device():
             return None
-        variables = list(trainable_variables or self._trainable_variables)
+        variables = list(trainable_variables or compat.optimizer_trainable_variables(self))
         if self._fused is None or [id(v) for v in variables] != self._fused_ids:
             self._fused_ids = [id(v) for v in variables]
             self._fused = _tensorflow.xla_function(lambda grads: self.inner_optimizer.apply(grads, variables))
@@ -319,7 +320,8 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
         so setting instance attributes on it changes nothing outside.
         """
         cls = type(inner)
-        self._original_index = inner._get_variable_index  # private Keras API
+        self._original_index = compat.variable_index(inner)
+        base_decay = compat.base_weight_decay(inner)
         wrapper = self
 
         def get_index(variable: Any) -> Any:
@@ -357,23 +359,22 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
 
         def weight_decay(variables: Sequence[Any]) -> None:
             low = [v for v in variables if is_low_float(v.dtype)]
-            cls._apply_weight_decay(inner,  # private Keras API
-                                    [v for v in variables if not is_low_float(v.dtype)])
+            base_decay([v for v in variables if not is_low_float(v.dtype)])
             if inner.weight_decay is None:
                 return
             for variable in low:
-                if inner._use_weight_decay(variable):  # private Keras API
+                if compat.uses_weight_decay(inner, variable):
                     before = wrapper._proxy(variable)
                     decay = ops.cast(inner.learning_rate, "float32") * ops.cast(inner.weight_decay, "float32")
                     wrapper._write(variable, before, ops.subtract(before, ops.multiply(before, decay)), salt=1)
 
-        inner._get_variable_index = get_index  # private Keras API
+        compat.route_variable_index(inner, get_index)
         inner.update_step = update_step
         inner.assign = writer(lambda proxy, value: value, cls.assign.__get__(inner))
         inner.assign_add = writer(ops.add, cls.assign_add.__get__(inner))
         inner.assign_sub = writer(ops.subtract, cls.assign_sub.__get__(inner))
         inner.add_variable_from_reference = add_slot
-        inner._apply_weight_decay = weight_decay  # private Keras API
+        compat.route_weight_decay(inner, weight_decay)
 
 
 class _ProxyTable:

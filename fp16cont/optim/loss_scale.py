@@ -23,6 +23,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from fp16cont import _keras_compat as compat
 from fp16cont.optim.carry import HostValues, private_copy, restore_state, state_values
 from fp16cont.errors import InvalidArgumentError, LossScaleFloorError
 
@@ -30,6 +31,7 @@ __all__ = ["DynamicLossScale", "LossScaleMonitor", "find_loss_scale"]
 
 
 @keras.saving.register_keras_serializable(package="fp16cont")
+@compat.loss_scale_hooks
 class DynamicLossScale(keras.optimizers.LossScaleOptimizer):
     """A ``LossScaleOptimizer`` with a floor, a ceiling and skip counters.
 
@@ -71,6 +73,7 @@ class DynamicLossScale(keras.optimizers.LossScaleOptimizer):
                 f"{initial_scale}, max_scale={max_scale}, dynamic_growth_steps={dynamic_growth_steps}. "
                 "Fix: e.g. DynamicLossScale(opt, initial_scale=2**15, min_scale=1, max_scale=2**24)."
             )
+        compat.check_loss_scale_hooks()  # a renamed Keras hook would silently drop the floor and ceiling
         start = state_values(inner_optimizer) if isinstance(inner_optimizer, keras.optimizers.Optimizer) else None
         given = weakref.ref(inner_optimizer) if isinstance(inner_optimizer, keras.optimizers.Optimizer) else None
         if isinstance(inner_optimizer, keras.optimizers.Optimizer):
@@ -89,11 +92,15 @@ class DynamicLossScale(keras.optimizers.LossScaleOptimizer):
             restore_state(self.inner_optimizer, self._start_values.values)
             self._start_values = HostValues(None)
 
-    def _stateful_handle_finite_grads(self, grads: Any, trainable_variables: Any) -> None:
-        super()._stateful_handle_finite_grads(grads, trainable_variables)
+    # The four step hooks below run after each step; compat.loss_scale_hooks
+    # installs them where Keras' LossScaleOptimizer calls them.
+    def finite_step(self, grads: Any, trainable_variables: Any) -> None:
+        """After a finite step: Keras' update and growth, then the ceiling."""
+        compat.base_loss_scale_hook(self, "finite_step", grads, trainable_variables)
         self._after_finite()
 
-    def _stateful_handle_non_finite_grads(self) -> None:
+    def non_finite_step(self) -> None:
+        """After a non-finite step: skip it, halve the scale down to the floor, count."""
         at_floor = ops.less_equal(self.dynamic_scale, self.min_scale)
         self.floor_hits.assign(ops.where(at_floor, self.floor_hits + 1, 0))
         self.skipped_steps.assign_add(1)
@@ -104,15 +111,19 @@ class DynamicLossScale(keras.optimizers.LossScaleOptimizer):
         self.floor_hits.assign(0)
         self.dynamic_scale.assign(ops.minimum(self.dynamic_scale, self.max_scale))
 
-    def _stateless_handle_finite_grads(self, optimizer_variables: Any, grads: Any, trainable_variables: Any) -> Any:
-        new_trainable, new_optimizer = super()._stateless_handle_finite_grads(optimizer_variables, grads, trainable_variables)
+    def stateless_finite_step(self, optimizer_variables: Any, grads: Any, trainable_variables: Any) -> Any:
+        """:meth:`finite_step` for stateless (JAX) training."""
+        new_trainable, new_optimizer = compat.base_loss_scale_hook(
+            self, "stateless_finite_step", optimizer_variables, grads, trainable_variables
+        )
         with keras.StatelessScope(state_mapping=list(zip(self.variables, new_optimizer))) as scope:
             self._after_finite()
         return new_trainable, [scope.get_current_value(v) for v in self.variables]
 
-    def _stateless_handle_non_finite_grads(self, optimizer_variables: Any, trainable_variables: Any) -> Any:
+    def stateless_non_finite_step(self, optimizer_variables: Any, trainable_variables: Any) -> Any:
+        """:meth:`non_finite_step` for stateless (JAX) training."""
         with keras.StatelessScope(state_mapping=list(zip(self.variables, optimizer_variables))) as scope:
-            self._stateful_handle_non_finite_grads()
+            self.non_finite_step()
         return trainable_variables, [scope.get_current_value(v) for v in self.variables]
 
     def get_config(self) -> dict[str, Any]:
