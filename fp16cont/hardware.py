@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from fp16cont.errors import NonFiniteOutputError
-from fp16cont.reporting.reports import Verification
+from fp16cont.reporting.results import Verification
 
 __all__ = ["probe_batch", "compare_models"]
 

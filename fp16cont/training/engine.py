@@ -14,7 +14,9 @@ the steps underneath, chosen per call:
   or ``keras.utils.PyDataset``): the same scanned function fed with chunks
   of batches that a background thread gathers on the host and copies to the
   device ahead of time, in the data's own dtype, overlapped with compute.
-- ``"fit"``: Keras' own ``model.fit`` (TensorFlow and torch backends,
+- ``"compiled"`` (TensorFlow): Keras' own ``fit`` with ``steps_per_execution``
+  steps per ``tf.function`` call (:mod:`fp16cont.training.tf_engine`).
+- ``"fit"``: Keras' own ``model.fit`` (the torch backend,
   generators, active distributions, or ``engine="fit"``).
 
 Batch-level callbacks fire once per chunk of ``steps_per_execution`` steps
@@ -45,12 +47,13 @@ import keras
 import numpy as np
 
 from fp16cont import _keras_compat as compat
+from fp16cont.reporting.results import EngineChoice
 from fp16cont.training.data import is_array_like
 from fp16cont.errors import DataError, InvalidArgumentError
 
 __all__ = ["ENGINE_MODES", "Engine", "EngineChoice", "as_engine", "choose_engine", "fit_with_engine", "upload", "Resident"]
 
-ENGINE_MODES: tuple[str, ...] = ("auto", "fit", "resident", "streamed")
+ENGINE_MODES: tuple[str, ...] = ("auto", "fit", "resident", "streamed", "compiled")
 ACCELERATOR_STEPS_PER_EXECUTION = 32
 _GATHER_THREADS = max(1, min(8, (os.cpu_count() or 2) // 2))  # host threads that gather streamed batches
 _ENGINE_FIT_KWARGS = frozenset(
@@ -66,7 +69,9 @@ class Engine:
     Args:
         mode: ``"auto"`` (the fastest correct mode for the backend and data),
             ``"fit"`` (Keras' own ``fit``), ``"resident"`` or ``"streamed"``
-            (JAX only; see the module documentation).
+            (JAX only; see the module documentation), ``"compiled"``
+            (TensorFlow: Keras' ``fit`` with ``steps_per_execution``; see
+            :mod:`fp16cont.training.tf_engine`).
         steps_per_execution: Training steps per compiled call; ``None``: 32
             on GPUs and TPUs, 1 on CPUs (XLA:CPU runs convolutions inside
             loops slowly). Batch callbacks fire once per call.
@@ -124,22 +129,6 @@ class Engine:
             )
 
 
-@dataclass(frozen=True)
-class EngineChoice:
-    """The execution mode a run used, and why.
-
-    Attributes:
-        mode: ``"fit"``, ``"resident"`` or ``"streamed"``.
-        steps_per_execution: Steps per compiled call (1 for ``"fit"`` unless
-            the model was compiled with more).
-        reason: Why this mode was taken.
-    """
-
-    mode: str
-    steps_per_execution: int
-    reason: str
-
-
 def as_engine(engine: Any) -> Engine:
     """Turn an ``engine`` argument (a mode name or an :class:`Engine`) into an :class:`Engine`.
 
@@ -174,6 +163,10 @@ def choose_engine(engine: Engine, x: Any, fit_kwargs: dict[str, Any]) -> EngineC
     backend = keras.backend.backend()
     if engine.mode == "fit":
         return EngineChoice("fit", 1, "engine='fit' was asked for")
+    if engine.mode == "compiled" or (engine.mode == "auto" and backend == "tensorflow"):
+        from fp16cont.training.tf_engine import choose_compiled  # Keras fit's loop, tuned (TensorFlow)
+
+        return choose_compiled(engine, backend)
     forced = engine.mode != "auto"
     why_not = _why_not_jax_engine(backend, x, fit_kwargs, engine.mode)
     if why_not is not None:
@@ -184,21 +177,26 @@ def choose_engine(engine: Engine, x: Any, fit_kwargs: dict[str, Any]) -> EngineC
             )
         return EngineChoice("fit", 1, f"Keras fit: {why_not}")
     spe = engine.steps_per_execution or (1 if _platform() == "cpu" else ACCELERATOR_STEPS_PER_EXECUTION)
+    if keras.distribution.distribution() is not None and _process_count() > 1:
+        return EngineChoice("streamed", spe, f"data streamed: each of {_process_count()} processes feeds its own shard" + _over_mesh())
     if isinstance(x, Resident):
-        return EngineChoice("resident", spe, "arrays already uploaded to the device")
+        return EngineChoice("resident", spe, "arrays already uploaded to the device" + _over_mesh())
     if is_array_like(x):
         fits = _fits_device(_nbytes(x), engine.max_resident_fraction)
         if engine.mode == "resident" or (engine.mode == "auto" and fits):
-            return EngineChoice("resident", spe, "array data resident on the device")
-        return EngineChoice("streamed", spe, "arrays streamed from host memory" + ("" if fits else " (too large for the device)"))
-    return EngineChoice("streamed", spe, f"{type(x).__name__} streamed to the device")
+            return EngineChoice("resident", spe, "array data resident on the device" + _over_mesh())
+        return EngineChoice("streamed", spe, "arrays streamed from host memory" + ("" if fits else " (too large for the device)") + _over_mesh())
+    return EngineChoice("streamed", spe, f"{type(x).__name__} streamed to the device" + _over_mesh())
 
 
 def _why_not_jax_engine(backend: str, x: Any, fit_kwargs: dict[str, Any], mode: str) -> str | None:
     if backend != "jax":
         return f"the resident and streamed engines run on Keras' JAX backend, this process uses {backend!r}"
-    if keras.distribution.distribution() is not None:
-        return "a keras.distribution is active (Keras' fit shards the data)"
+    distribution = keras.distribution.distribution()
+    if distribution is not None and getattr(distribution, "batch_dim_name", None) is None:
+        return f"the active {type(distribution).__name__} names no batch axis to shard the data along"
+    if distribution is not None and mode == "resident" and _process_count() > 1:
+        return "resident mode keeps one copy of the data per device; with several processes each one streams its own shard"
     unknown = sorted(set(fit_kwargs) - _ENGINE_FIT_KWARGS)
     if unknown:
         return f"fit arguments {unknown} are only handled by Keras' fit"
@@ -211,6 +209,142 @@ def _why_not_jax_engine(backend: str, x: Any, fit_kwargs: dict[str, Any], mode: 
             return "validation_split needs array data"
         return None
     return f"{type(x).__name__} inputs are fed by Keras' fit"
+
+
+# -- distribution ----------------------------------------------------------------
+@dataclass(frozen=True)
+class _Placement:
+    """Where batches and the training state live under an active ``keras.distribution``.
+
+    Each batch is split along its first axis over the mesh's batch axis (the
+    data layout of ``DataParallel`` and ``ModelParallel``); the weights and
+    optimizer state keep the layout Keras gave them (replicated for
+    ``DataParallel``, the ``LayoutMap``'s for ``ModelParallel``). With several
+    processes each one passes its own rows: a global batch is the
+    concatenation of the processes' batches, as in Keras' ``fit``.
+    """
+
+    mesh: Any
+    batch_axis: str
+    shards: int
+    processes: int
+
+    def sharding(self, *spec: Any) -> Any:
+        """A ``NamedSharding`` on the mesh (no ``spec``: replicated)."""
+        import jax
+
+        return jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(*spec))
+
+    def splits(self, global_rows: int) -> bool:
+        """Whether a batch of ``global_rows`` rows divides evenly over the batch axis."""
+        return global_rows % self.shards == 0
+
+    def put(self, tree: Any, leading: int = 1) -> Any:
+        """Place host batches: axis ``leading`` (the batch axis) split over the mesh.
+
+        A batch whose rows do not divide over the devices (a last partial
+        batch) is replicated instead: every device computes it whole, which
+        gives the same result. With several processes that cannot be done
+        (each holds other rows), and a :class:`DataError` says so.
+        """
+        import jax
+
+        def leaf(a: Any) -> Any:
+            a = np.asarray(a) if not isinstance(a, jax.Array) else a
+            rows = int(a.shape[leading]) * self.processes
+            if self.splits(rows):
+                sharding = self.sharding(*([None] * leading), self.batch_axis)
+            elif self.processes == 1:
+                sharding = self.sharding()
+            else:
+                raise DataError(
+                    f"A batch of {a.shape[leading]} rows per process does not split over the {self.shards} devices of "
+                    f"the mesh's {self.batch_axis!r} axis. Fix: give every process the same number of rows and a batch "
+                    "size that is a multiple of its local device count, or pass steps_per_epoch to leave out the last "
+                    "partial batch."
+                )
+            if self.processes > 1:
+                return jax.make_array_from_process_local_data(sharding, np.asarray(a))
+            return jax.device_put(a, sharding)
+
+        return jax.tree_util.tree_map(leaf, tree)
+
+    def replicate(self, tree: Any) -> Any:
+        """The same arrays on every device of the mesh (every process passes the same values)."""
+        import jax
+
+        sharding = self.sharding()
+        if self.processes > 1:
+            return jax.tree_util.tree_map(lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), tree)
+        return jax.device_put(tree, sharding)
+
+    def constrain(self, batch: Any) -> Any:
+        """Inside the compiled step: keep a gathered batch split along its first axis."""
+        import jax
+
+        def leaf(a: Any) -> Any:
+            if a.ndim and self.splits(int(a.shape[0])):
+                return jax.lax.with_sharding_constraint(a, self.sharding(self.batch_axis))
+            return a
+
+        return jax.tree_util.tree_map(leaf, batch)
+
+
+def _placement() -> _Placement | None:
+    """The :class:`_Placement` of the active ``keras.distribution``, or ``None``."""
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return None
+    mesh = distribution.device_mesh.backend_mesh
+    axis = distribution.batch_dim_name
+    return _Placement(mesh, axis, int(mesh.shape[axis]), _process_count())
+
+
+def _process_count() -> int:
+    import jax
+
+    return int(jax.process_count())
+
+
+def _over_mesh() -> str:
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return ""
+    mesh = distribution.device_mesh
+    shape = " x ".join(f"{n} {name}" for n, name in zip(mesh.shape, mesh.axis_names))
+    return f", batches split over {type(distribution).__name__} mesh ({shape})"
+
+
+def _state_shardings(model: keras.Model, placement: _Placement) -> tuple[list[Any], ...]:
+    """The layout of every state variable: its own when on the mesh, else the distribution's for it."""
+    import jax
+
+    distribution = keras.distribution.distribution()
+
+    def target(variable: Any) -> Any:
+        sharding = getattr(variable.value, "sharding", None)
+        if isinstance(sharding, jax.sharding.NamedSharding) and sharding.mesh == placement.mesh:
+            return sharding
+        layout = distribution.get_variable_layout(variable)
+        return layout.backend_layout if layout is not None else placement.sharding()
+
+    return tuple([target(v) for v in group] for group in _state_variables(model))
+
+
+def _state_variables(model: keras.Model) -> tuple[list[Any], ...]:
+    return (list(model.trainable_variables), list(model.non_trainable_variables),
+            list(model.optimizer.variables), list(model.metrics_variables))
+
+
+def _lay_out_state(model: keras.Model, shardings: tuple[list[Any], ...]) -> None:
+    """Move variables made before the distribution was set onto the mesh, in the distribution's layout."""
+    import jax
+
+    for group, targets in zip(_state_variables(model), shardings):
+        for variable, target in zip(group, targets):
+            if not variable.value.sharding.is_equivalent_to(target, len(variable.shape)):
+                host = np.asarray(jax.device_get(variable.value))
+                variable.assign(jax.make_array_from_callback(host.shape, target, lambda index, h=host: h[index]))
 
 
 # -- the loop ------------------------------------------------------------------
@@ -260,14 +394,19 @@ def fit_with_engine(
         (x, y, sample_weight), validation_data = _split(x, y, sample_weight, split)
     shuffle = kw.pop("shuffle", True)
     feeder: _Feeder
+    placement = _placement()
     if choice.mode == "resident":
-        feeder = _ResidentFeeder(x, y, sample_weight, class_weight, batch_size, shuffle, engine, kw.get("steps_per_epoch"), choice.steps_per_execution)
+        feeder = _ResidentFeeder(x, y, sample_weight, class_weight, batch_size, shuffle, engine, kw.get("steps_per_epoch"), choice.steps_per_execution, placement)
     else:
-        feeder = _StreamFeeder(x, y, sample_weight, class_weight, batch_size, shuffle, engine, kw.get("steps_per_epoch"), choice.steps_per_execution)
+        feeder = _StreamFeeder(x, y, sample_weight, class_weight, batch_size, shuffle, engine, kw.get("steps_per_epoch"), choice.steps_per_execution, placement)
     prep = _preprocess(engine, feeder.uint8_inputs)
     _build(model, feeder.example_batch(), prep, jax)
-    run = _compiled_steps(model, prep, engine, choice.mode == "resident", jax, jnp)
-    logs_like = _logs_structure(model, jnp)
+    shardings = None
+    if placement is not None:
+        shardings = _state_shardings(model, placement)
+        _lay_out_state(model, shardings)
+    run = _compiled_steps(model, prep, engine, choice.mode == "resident", jax, jnp, placement, shardings)
+    logs_like = _logs_structure(model, jnp, placement)
 
     cbs = keras.callbacks.CallbackList(
         callbacks, add_history=True, add_progbar=verbose != 0, verbose=verbose,
@@ -364,7 +503,8 @@ def _split(x: Any, y: Any, sample_weight: Any, split: float) -> tuple[tuple[Any,
 _COMPILED: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDictionary()
 
 
-def _compiled_steps(model: keras.Model, prep: Callable[[Any], Any], engine: Engine, resident: bool, jax: Any, jnp: Any) -> Callable[..., Any]:
+def _compiled_steps(model: keras.Model, prep: Callable[[Any], Any], engine: Engine, resident: bool, jax: Any, jnp: Any,
+                    placement: _Placement | None = None, shardings: Any = None) -> Callable[..., Any]:
     """The jitted multi-step function, kept per model until it is recompiled.
 
     ``run(state, arrays, chunk, start, count, logs, loop)``: with ``loop``
@@ -375,13 +515,20 @@ def _compiled_steps(model: keras.Model, prep: Callable[[Any], Any], engine: Engi
     no loop around it (XLA:CPU runs convolutions inside loops far more
     slowly). ``chunk`` holds the batches' row indices into the resident
     ``arrays`` (resident mode) or the stacked batches themselves (streamed).
+
+    Under a ``keras.distribution`` (``placement``) each batch is split along
+    its first axis over the mesh and the state keeps its layout
+    (``shardings``); the gradients are then summed over the devices inside
+    the step, so the loss-scale and finiteness decisions are one value for
+    all replicas.
     """
     compiled_with = (id(model.optimizer), id(model.loss), model.compiled)
     cache = _COMPILED.get(model)
     if cache is None or cache.get("compiled_with") != compiled_with:
         cache = {"compiled_with": compiled_with}
         _COMPILED[model] = cache
-    key = (resident, engine.donate, engine.preprocess, engine.input_scale, engine.input_offset)
+    key = (resident, engine.donate, engine.preprocess, engine.input_scale, engine.input_offset, placement,
+           None if shardings is None else tuple(tuple(group) for group in shardings))
     if key in cache:
         return cache[key]
 
@@ -389,8 +536,10 @@ def _compiled_steps(model: keras.Model, prep: Callable[[Any], Any], engine: Engi
         def batch(i: Any) -> Any:
             if resident:
                 index = jax.lax.dynamic_index_in_dim(chunk, start + i, axis=0, keepdims=False)
-                return jax.tree_util.tree_map(lambda a: jnp.take(a, index, axis=0), arrays)
-            return jax.tree_util.tree_map(lambda a: jax.lax.dynamic_index_in_dim(a, start + i, axis=0, keepdims=False), chunk)
+                picked = jax.tree_util.tree_map(lambda a: jnp.take(a, index, axis=0), arrays)
+            else:
+                picked = jax.tree_util.tree_map(lambda a: jax.lax.dynamic_index_in_dim(a, start + i, axis=0, keepdims=False), chunk)
+            return picked if placement is None else placement.constrain(picked)
 
         def one(carry: Any, i: Any) -> Any:
             x, y, sw = batch(i)
@@ -402,14 +551,17 @@ def _compiled_steps(model: keras.Model, prep: Callable[[Any], Any], engine: Engi
             return one(state, 0)
         return jax.lax.fori_loop(0, count, lambda i, carry: one(carry[0], i), (state, logs))
 
-    compiled = jax.jit(steps, static_argnums=(6,), donate_argnums=(0,) if engine.donate else ())
+    out_shardings = None if placement is None else (shardings, placement.sharding())
+    compiled = jax.jit(steps, static_argnums=(6,), donate_argnums=(0,) if engine.donate else (), out_shardings=out_shardings)
     cache[key] = compiled
     return compiled
 
 
-def _logs_structure(model: keras.Model, jnp: Any) -> Any:
-    """Zeros shaped like ``train_step``'s logs: the model's metric results."""
+def _logs_structure(model: keras.Model, jnp: Any, placement: _Placement | None = None) -> Any:
+    """Zeros shaped like ``train_step``'s logs: the model's metric results (replicated on a mesh)."""
     results = model.get_metrics_result()
+    if placement is not None:
+        return placement.replicate({name: np.zeros(np.shape(value), np.asarray(value).dtype) for name, value in results.items()})
     return {name: jnp.zeros(np.shape(value), jnp.asarray(value).dtype) for name, value in results.items()}
 
 
@@ -569,7 +721,7 @@ def _chunks(full: int, spe: int) -> list[tuple[int, int]]:
 
 class _ResidentFeeder(_Feeder):
     def __init__(self, x: Any, y: Any, sw: Any, class_weight: Any, batch_size: int, shuffle: Any,
-                 engine: Engine, steps_per_epoch: int | None, spe: int) -> None:
+                 engine: Engine, steps_per_epoch: int | None, spe: int, placement: _Placement | None = None) -> None:
         import jax
 
         xs = x.arrays if isinstance(x, Resident) else _host_arrays(x)
@@ -583,7 +735,9 @@ class _ResidentFeeder(_Feeder):
         self.n = rows.pop()
         self.uint8_inputs = all(str(a.dtype) == "uint8" for a in jax.tree_util.tree_leaves(xs))
         self._host_example = jax.tree_util.tree_map(lambda a: np.asarray(jax.device_get(a[:batch_size])), arrays)
-        self.resident = jax.device_put(arrays)
+        # on a mesh every device holds all rows; the batch indices are split over the devices
+        self.resident = jax.device_put(arrays) if placement is None else placement.replicate(arrays)
+        self._put = jax.device_put if placement is None else placement.put
         self.batch_size, self.shuffle, self.engine, self.spe = batch_size, shuffle, engine, spe
         self.full, self.remainder = _epoch_plan(self.n, batch_size, steps_per_epoch)
         self.steps_per_epoch = self.full + (1 if self.remainder else 0)
@@ -598,11 +752,11 @@ class _ResidentFeeder(_Feeder):
         b = self.batch_size
         loop = self.spe > 1
         if self.full:
-            batches = jax.device_put(order[: self.full * b].reshape(self.full, b))
+            batches = self._put(order[: self.full * b].reshape(self.full, b))
             for start, count in _chunks(self.full, self.spe):
                 yield start, start + count - 1, (batches, np.int32(start), np.int32(count), loop)
         if self.remainder:
-            last = jax.device_put(order[self.full * b : self.full * b + self.remainder].reshape(1, self.remainder))
+            last = self._put(order[self.full * b : self.full * b + self.remainder].reshape(1, self.remainder))
             yield self.full, self.full, (last, np.int32(0), np.int32(1), False)
 
 
@@ -610,8 +764,9 @@ class _StreamFeeder(_Feeder):
     """Chunks of batches prepared on the host by a thread and copied to the device ahead."""
 
     def __init__(self, x: Any, y: Any, sw: Any, class_weight: Any, batch_size: int, shuffle: Any,
-                 engine: Engine, steps_per_epoch: int | None, spe: int) -> None:
+                 engine: Engine, steps_per_epoch: int | None, spe: int, placement: _Placement | None = None) -> None:
         self.engine, self.spe, self.shuffle, self.batch_size = engine, spe, shuffle, batch_size
+        self.placement = placement
         self.class_weight = class_weight
         self._limit = steps_per_epoch
         self._threads: list[_Prefetcher] = []
@@ -688,7 +843,8 @@ class _StreamFeeder(_Feeder):
         return _stack(batches)
 
     def epoch(self, epoch: int) -> Iterator[tuple[int, int, tuple[Any, Any, int]]]:
-        prefetcher = _Prefetcher(self._host_chunks(epoch), self.engine.prefetch)
+        prefetcher = _Prefetcher(self._host_chunks(epoch), self.engine.prefetch,
+                                 None if self.placement is None else self.placement.put)
         self._threads.append(prefetcher)
         try:
             for start, count, device_chunk in prefetcher:
@@ -709,16 +865,17 @@ class _Prefetcher:
 
     _DONE = object()
 
-    def __init__(self, chunks: Iterator[tuple[int, int, Any]], depth: int) -> None:
+    def __init__(self, chunks: Iterator[tuple[int, int, Any]], depth: int, put: Callable[[Any], Any] | None = None) -> None:
         import jax
 
+        put = put or jax.device_put
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._stopped = threading.Event()
 
         def work() -> None:
             try:
                 for start, count, host in chunks:
-                    item = (start, count, jax.device_put(host))
+                    item = (start, count, put(host))
                     while not self._stopped.is_set():
                         try:
                             self._queue.put(item, timeout=0.1)

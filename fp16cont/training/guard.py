@@ -9,7 +9,6 @@ Example:
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from typing import Any
 
 import keras

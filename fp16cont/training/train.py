@@ -34,7 +34,7 @@ from fp16cont.training.engine import Engine, Resident, as_engine, choose_engine,
 from fp16cont.errors import InvalidArgumentError, InvalidSourceError, MissingLossError
 from fp16cont.convert.rebuild import float_precision, weight_bytes
 from fp16cont.convert.sources import to_numpy
-from fp16cont.reporting.reports import TrainingResult
+from fp16cont.reporting.results import TrainingResult
 
 __all__ = ["continue_training", "DEFAULT_LEARNING_RATE", "resolve_optimizer", "OptimizerPlan", "prepare_optimizer"]
 
@@ -138,7 +138,7 @@ def continue_training(
             make it use Keras' ``fit``.
 
     Returns:
-        A :class:`~fp16cont.reporting.reports.TrainingResult`.
+        A :class:`~fp16cont.reporting.results.TrainingResult`.
 
     Raises:
         InvalidSourceError: If ``model`` is not a Keras model.
