@@ -56,7 +56,7 @@ def main() -> None:
         for precision in ("bfloat16", "float16"):
             try:
                 model = fp16cont.build_fp16_model(source, precision=precision, verify=False)
-            except fp16cont.InvalidArgumentError as err:
+            except fp16cont.UnsupportedBackendError as err:
                 results[precision] = {"error": str(err)}
                 continue
             result = fp16cont.continue_training(

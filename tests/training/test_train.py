@@ -32,7 +32,7 @@ def test_three_step_flow_learns_and_reports(source, digits):
     assert all(s > 0 for s in result.samples_per_second)
     assert result.wall_seconds >= sum(result.epoch_seconds) * 0.9
     assert result.history.history["val_accuracy"][-1] >= acc_before - 0.02
-    assert result.weight_bytes == model16.fp16cont_report.weight_bytes
+    assert result.weight_bytes == fp16cont.inspect(model16).weight_bytes
     assert result.optimizer_bytes > 0
     assert "epoch" in result.summary()
     assert snapshot(source) == before  # the float32 source is untouched
