@@ -349,11 +349,13 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
 
         def add_slot(reference_variable: Any, name: str | None = None, initializer: Any = "zeros") -> Any:
             if wrapper.slot_dtype == "float32" and is_low_float(reference_variable.dtype):
+                layout = getattr(reference_variable, "_layout", None)  # private Keras API: a slot keeps its variable's sharding
                 return inner.add_variable(
                     shape=reference_variable.shape,
                     initializer=initializer,
                     dtype="float32",
                     name=f"{reference_variable.path.replace('/', '_')}_{name or 'var'}",
+                    **({"layout": layout} if layout is not None else {}),
                 )
             return cls.add_variable_from_reference(inner, reference_variable, name=name, initializer=initializer)
 
