@@ -23,7 +23,7 @@ One process, JAX backend; nothing here imports TensorFlow. Two parts:
 
 2. **Largest model that fits** (``--search``, on by default on a GPU): GPT-2
    blocks of hidden ``--search-hidden`` (default 8192, 64 heads), a bounded
-   ladder of depths, a few training steps each (batch 1 x ``--seq``); an
+   ladder of depths (8, 10, 14, 20 blocks: 6.9B to 16.5B parameters), a few training steps each (batch 1 x ``--seq``); an
    out-of-memory error ends a variant's ladder. Keras mixed climbs first; the
    fp16cont ladder starts at Keras' first failure. Both models are built with
    random weights straight in their final dtypes (fp16cont's from the
@@ -175,7 +175,8 @@ def variants(args: argparse.Namespace, x: Any, y: Any) -> dict[str, tuple[Callab
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 m16 = fp16cont.build_fp16_model(source(), precision="bfloat16", **kwargs)
-            cache.setdefault("report", m16.fp16cont_report.summary())
+            inspect = getattr(fp16cont, "inspect", None)  # what the built model trains in
+            cache.setdefault("report", (inspect(m16) if inspect else m16.fp16cont_report).summary())
             return m16
         return setup
 
@@ -262,10 +263,8 @@ def try_size(args: argparse.Namespace, variant: str, layers: int, template: dict
             fp16cont.continue_training(model, x, y, epochs=1, batch_size=1, verbose=0, nan_guard=False)
         block(model)
         row = {"fits": True, **state_bytes(model)}
-    except Exception as err:  # noqa: BLE001 - an out-of-memory error is a result; anything else is re-raised
-        if not _is_oom(err):
-            raise
-        row = {"fits": False, "error": f"{type(err).__name__}: {str(err)[:200]}"}
+    except Exception as err:  # noqa: BLE001 - an out-of-memory error is a result; others are recorded
+        row = {"fits": False, "oom": _is_oom(err), "error": f"{type(err).__name__}: {str(err)[:300]}"}
     params = _params(config)
     del model
     gc.collect()
@@ -294,7 +293,7 @@ def search(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     first_fail = len(ladder)
     for variant in ("keras_mixed", "fp16cont"):
-        start_at = 0 if variant == "keras_mixed" else max(0, first_fail - 1)
+        start_at = 0 if variant == "keras_mixed" else min(first_fail, len(ladder) - 1)
         for i in range(start_at, len(ladder)):
             if time.perf_counter() > deadline:
                 rows.append({"variant": variant, "layers": ladder[i], "skipped": "search time budget spent"})
@@ -302,7 +301,8 @@ def search(args: argparse.Namespace) -> list[dict[str, Any]]:
             row = try_size(args, variant, ladder[i], template)
             rows.append(row)
             print(f"search {variant} layers={row['layers']} hidden={row['hidden']} params={row['parameters'] / 1e9:.2f}B: "
-                  f"{'fits' if row['fits'] else 'OUT OF MEMORY'} ({row['seconds']}s)", flush=True)
+                  f"{'fits' if row['fits'] else 'OUT OF MEMORY' if row['oom'] else row['error']} ({row['seconds']}s)",
+                  flush=True)
             if not row["fits"]:
                 if variant == "keras_mixed":
                     first_fail = i
@@ -337,9 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--search", action=argparse.BooleanOptionalAction, default=None,
                         help="largest-model search (default: on unless --tiny)")
     parser.add_argument("--search-hidden", type=int, default=8192)
-    parser.add_argument("--search-layers", default="8,10,12,16,20", help="depth ladder at --search-hidden")
+    parser.add_argument("--search-layers", default="8,10,14,20", help="depth ladder at --search-hidden")
     parser.add_argument("--search-steps", type=int, default=2)
-    parser.add_argument("--search-budget-s", type=float, default=150.0)
+    parser.add_argument("--search-budget-s", type=float, default=120.0, help="no new size is tried after this")
     parser.add_argument("--tiny", action="store_true", help="a tiny config for a CPU smoke test")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -366,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
         payload["peak_bytes_after_throughput"] = peak_bytes()
         payload["throughput_s"] = round(time.perf_counter() - started, 1)
         print(report(payload, args), flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(payload, indent=2, default=str))  # kept if the search is cut short
         if args.search:
             payload["search"] = search(args)
         payload["tensorflow_imported"] = "tensorflow" in sys.modules
@@ -397,7 +399,7 @@ def report(payload: dict[str, Any], args: argparse.Namespace) -> str:
             lines.append(f"search {r['variant']} layers={r['layers']}: skipped ({r['skipped']})")
             continue
         lines.append(f"search {r['variant']} layers={r['layers']} hidden={r['hidden']} {r['parameters'] / 1e9:.2f}B params: "
-                     f"{'fits, state ' + format(r['total_bytes'] / 1e9, '.1f') + ' GB' if r['fits'] else 'out of memory'}")
+                     f"{'fits, state ' + format(r['total_bytes'] / 1e9, '.1f') + ' GB' if r['fits'] else 'out of memory' if r['oom'] else 'error: ' + r['error']}")
     return "\n".join(lines)
 
 
