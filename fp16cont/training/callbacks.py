@@ -38,7 +38,9 @@ class EpochTimer(keras.callbacks.Callback):
         self._steps = 0
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        self._steps = batch + 1
+        # with steps_per_execution, Keras names the nominal end of an epoch's last, shorter call
+        known = (self.params or {}).get("steps")
+        self._steps = min(batch + 1, known) if known else batch + 1
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self.epoch_seconds.append(time.perf_counter() - self._start)

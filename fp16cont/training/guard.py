@@ -57,10 +57,15 @@ class NonFiniteGuard(keras.callbacks.Callback):
         max_failures: Rollbacks tolerated before giving up.
         lr_factor: Learning-rate multiplier after a rollback without loss scaling.
         snapshot_every: Finite batches between snapshots.
-        check_every: Batches between two looks at the loss. The running mean
-            loss stays non-finite for the rest of the epoch once a step went
-            wrong, so nothing is missed; looking after every batch would make
+        check_every: Steps between two looks at the loss: the guard looks
+            at the first batch hook at or after every ``check_every``-th step
+            of an epoch, so the meaning is the same when one hook covers
+            several steps (``steps_per_execution``). The running mean loss
+            stays non-finite for the rest of the epoch once a step went
+            wrong, so nothing is missed; looking after every step would make
             the host wait for the accelerator at every step.
+
+    ``snapshot_every`` counts steps too, not batch hooks.
 
     Example:
         >>> model.fit(x, y, callbacks=[NonFiniteGuard()])  # doctest: +SKIP
@@ -85,6 +90,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
         self._since_snapshot = 0
         self._bad_batch: int | None = None
         self._current = 0
+        self._looked = 0  # check_every blocks of this epoch already looked at
         self._stale_before: tuple[int, int] = (-1, -1)  # looks at batches before a rollback are stale
 
     @property
@@ -102,13 +108,16 @@ class NonFiniteGuard(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch = epoch
         self._current = 0
+        self._looked = 0
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if (self._epoch, batch) < self._stale_before:
             return  # its loss was computed before the last rollback
-        self._since_snapshot += 1
-        if (batch + 1) % self.check_every and self._since_snapshot < self.snapshot_every:
+        self._since_snapshot += max(1, batch - self._current + 1)  # the steps this hook covers
+        block = (batch + 1) // self.check_every
+        if block == self._looked and self._since_snapshot < self.snapshot_every:
             return
+        self._looked = block
         loss = (logs or {}).get("loss")
         if loss is not None and not np.isfinite(float(loss)):
             self._bad_batch = batch

@@ -31,6 +31,7 @@ from fp16cont.optim.loss_scale import DynamicLossScale, LossScaleMonitor, find_l
 from fp16cont.reporting.stagnation import StagnationMonitor
 from fp16cont.training.data import batch_rows, check_fit_args, check_fits_model, is_array_like, samples_per_epoch
 from fp16cont.training.engine import Engine, Resident, as_engine, choose_engine, fit_with_engine
+from fp16cont.training.tf_engine import fit_compiled
 from fp16cont.errors import InvalidArgumentError, InvalidSourceError, MissingLossError
 from fp16cont.convert.rebuild import float_precision, weight_bytes
 from fp16cont.convert.sources import to_numpy
@@ -124,9 +125,11 @@ def continue_training(
             correct mode: on Keras' JAX backend the training data is kept
             resident on the device (arrays that fit) or streamed to it
             with prefetch (larger arrays, ``tf.data``, ``PyDataset``), and
-            ``steps_per_execution`` steps run per compiled call; elsewhere
-            Keras' ``fit``. ``"fit"`` forces Keras' own ``fit``;
-            ``"resident"`` / ``"streamed"`` force a mode; an
+            ``steps_per_execution`` steps run per compiled call; on
+            TensorFlow (``"compiled"``) Keras' ``fit`` runs 32 steps (8 on
+            CPUs) per ``tf.function`` call on ``tf.data``-staged inputs; on
+            torch, Keras' ``fit``. ``"fit"`` forces Keras' own ``fit``;
+            ``"resident"`` / ``"streamed"`` / ``"compiled"`` force a mode; an
             :class:`~fp16cont.training.engine.Engine` sets its options. Batch-level
             callbacks fire once per compiled call.
         check_finite: Scan array inputs and targets for NaN/Inf before
@@ -176,11 +179,11 @@ def continue_training(
     timer = EpochTimer()
     stagnation_monitor = StagnationMonitor()
     monitors: list[keras.callbacks.Callback] = [timer, stagnation_monitor] if stagnation else [timer]
-    guard = _guard(nan_guard, choice.steps_per_execution)
+    guard = _guard(nan_guard)
     if guard is not None:
         monitors.append(guard)
     if plan.loss_scaling:
-        monitors.extend([LossScaleMonitor(), LossScaleLogger()])
+        monitors.extend([LossScaleMonitor(check_every=_hook_multiple(50, choice.steps_per_execution)), LossScaleLogger()])
     if checkpoint_dir is not None:
         monitors.append(TrainingCheckpoint(checkpoint_dir))
     fit_args: dict[str, Any] = dict(fit_kwargs)
@@ -193,15 +196,19 @@ def continue_training(
                 stacklevel=2,
             )
     start = time.perf_counter()
-    if choice.mode == "fit":
+    if choice.mode in ("fit", "compiled"):
         if is_array_like(x):
             fit_args["batch_size"] = batch_size
         else:
             fit_args.setdefault("shuffle", False)  # datasets bring their own order; Keras would warn
-        history = model.fit(
-            x, y, epochs=epochs, validation_data=validation_data,
-            callbacks=[*(callbacks or []), *monitors], verbose=verbose, **fit_args,
-        )
+
+        def keras_fit() -> keras.callbacks.History:
+            return model.fit(
+                x, y, epochs=epochs, validation_data=validation_data,
+                callbacks=[*(callbacks or []), *monitors], verbose=verbose, **fit_args,
+            )
+
+        history = keras_fit() if choice.mode == "fit" else fit_compiled(model, choice.steps_per_execution, keras_fit)
     else:
         history = fit_with_engine(
             model, x, y, choice=choice, engine=options, epochs=epochs, batch_size=batch_size,
@@ -474,9 +481,19 @@ def _loss_scale(scaler: Any) -> float | None:
     return None
 
 
-def _guard(nan_guard: Any, steps_per_execution: int = 1) -> NonFiniteGuard | None:
-    # batch hooks fire once per compiled call of several steps: look at the loss after each call
-    check_every = 1 if steps_per_execution > 1 else 10
+def _hook_multiple(steps: int, steps_per_execution: int) -> int:
+    """The smallest multiple of ``steps_per_execution`` that is at least ``steps``.
+
+    Batch hooks begin at multiples of ``steps_per_execution``: a callback
+    that looks at ``batch % n == 0`` then looks about every ``steps`` steps.
+    """
+    spe = max(1, int(steps_per_execution))
+    return spe * max(1, -(-int(steps) // spe))
+
+
+def _guard(nan_guard: Any) -> NonFiniteGuard | None:
+    # the guard looks at the first batch hook at or after every 10th step, whatever steps_per_execution is
+    check_every = 10
     if isinstance(nan_guard, NonFiniteGuard):
         return nan_guard
     if nan_guard is False or nan_guard is None:

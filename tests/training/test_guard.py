@@ -57,7 +57,10 @@ def test_default_cadence_looks_every_ten_batches_and_still_recovers(digits):
     model = _model()
     result = fp16cont.continue_training(model, x, y, epochs=2, shuffle=False, loss="sparse_categorical_crossentropy",
                                         verbose=0, check_finite=False)
-    assert [e.batch for e in result.guard_events] == [9, 9]  # the running mean loss stays NaN until looked at
+    # the running mean loss stays NaN until looked at: at the first batch hook at or after the 10th step
+    # (step 10 itself with one step per hook; the end of the 8-step call of steps 8-15 in TensorFlow's compiled mode)
+    spe = result_spe = 8 if result.engine == "compiled" else 1
+    assert [e.batch for e in result.guard_events] == [-(-10 // spe) * spe - 1] * 2, result_spe
     assert all(np.isfinite(np.asarray(w, np.float32)).all() for w in model.get_weights())
 
 

@@ -1,0 +1,124 @@
+"""The TensorFlow fast path of :func:`~fp16cont.continue_training`: engine mode ``"compiled"``.
+
+On Keras' TensorFlow backend the steps already run as one ``tf.function``
+graph and array inputs are already staged by ``tf.data`` (a gather per batch,
+``prefetch(AUTOTUNE)``). What costs time around that is the host: one Python
+round trip, one set of batch callbacks and one logs conversion per step. The
+``"compiled"`` mode therefore runs Keras' own ``fit`` (so callbacks,
+``History``, the progress bar, validation, class and sample weights,
+``validation_split`` and ``initial_epoch`` are Keras' own) with
+``steps_per_execution`` steps per compiled call, in a ``tf.while_loop`` on the
+device:
+
+- ``steps_per_execution``: 32 with a GPU or TPU, :data:`CPU_STEPS_PER_EXECUTION`
+  on CPUs (see ``benchmarks/RESULTS.md``), or what ``Engine(steps_per_execution=)``
+  or the model's own ``compile(steps_per_execution=)`` asks, whichever is larger.
+  Batch-level callbacks fire once per call (``on_train_batch_begin(first)``,
+  ``on_train_batch_end(last, logs)``), as in Keras.
+- XLA (``jit_compile``): Keras' own choice for the model, which is on with a
+  GPU and off on CPU-only machines, where XLA made the bfloat16 step slower
+  (measured). fp16cont's optimizer wrappers compile under XLA (tested); a
+  model compiled with ``jit_compile=True`` keeps it.
+
+The model's own ``steps_per_execution`` is restored afterwards; the traced
+functions are kept for the next call with the same compilation.
+
+Example:
+    >>> choose_compiled(Engine("compiled", steps_per_execution=4), "tensorflow").steps_per_execution
+    4
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import keras
+
+from fp16cont.errors import InvalidArgumentError
+
+__all__ = ["CPU_STEPS_PER_EXECUTION", "ACCELERATOR_STEPS_PER_EXECUTION", "choose_compiled", "fit_compiled"]
+
+CPU_STEPS_PER_EXECUTION = 8
+ACCELERATOR_STEPS_PER_EXECUTION = 32
+_TRACED = "_fp16cont_traced"  # fp16cont's own attribute on the model: the functions traced for its step count
+
+
+def choose_compiled(engine: Any, backend: str) -> Any:
+    """The ``"compiled"`` :class:`~fp16cont.training.engine.EngineChoice` for a TensorFlow run.
+
+    Args:
+        engine: The requested :class:`~fp16cont.training.engine.Engine`.
+        backend: ``keras.backend.backend()``.
+
+    Returns:
+        The engine choice (its ``steps_per_execution`` is the engine's own
+        or the device default; :func:`fit_compiled` raises it to the model's
+        compiled value if that is larger).
+
+    Raises:
+        InvalidArgumentError: When ``"compiled"`` is forced on another backend.
+    """
+    from fp16cont.training.engine import EngineChoice
+
+    if backend != "tensorflow":
+        raise InvalidArgumentError(
+            f"engine='compiled' runs on Keras' TensorFlow backend; this process uses {backend!r}. Fix: leave "
+            "engine='auto' (it picks the fast mode of every backend) or pass engine='fit'."
+        )
+    accelerator = _has_accelerator()
+    spe = engine.steps_per_execution or (ACCELERATOR_STEPS_PER_EXECUTION if accelerator else CPU_STEPS_PER_EXECUTION)
+    return EngineChoice(
+        "compiled", spe,
+        f"Keras fit's compiled loop, {spe} steps per tf.function call, inputs staged by tf.data with prefetch; "
+        f"XLA as Keras picks it ({'on with' if accelerator else 'off without'} an accelerator)",
+    )
+
+
+def fit_compiled(model: keras.Model, steps_per_execution: int, fit: Callable[[], Any]) -> Any:
+    """Run ``fit()`` (a call of ``model.fit``) with ``steps_per_execution`` steps per compiled call.
+
+    Args:
+        model: A compiled model.
+        steps_per_execution: Steps per call; the model's own compiled value
+            is used when it is larger.
+        fit: Calls ``model.fit`` with the run's arguments.
+
+    Returns:
+        What ``fit()`` returns (the ``History``).
+
+    Example:
+        >>> fit_compiled(model, 8, lambda: model.fit(x, y, verbose=0))  # doctest: +SKIP
+    """
+    own = (model.steps_per_execution, model.train_function, model.test_function, model.predict_function)
+    spe = max(int(steps_per_execution), int(model.steps_per_execution or 1))
+    token = _compilation(model)
+    key = (spe, bool(model.jit_compile), bool(model.run_eagerly))
+    traced = getattr(model, _TRACED, None)
+    if spe != own[0]:
+        if traced is not None and traced[0] is token and traced[1] == key:
+            model.train_function, model.test_function = traced[2], traced[3]
+        else:
+            model.train_function = model.test_function = None  # traced again for the new step count
+        model.predict_function = None
+    model.steps_per_execution = spe
+    try:
+        return fit()
+    finally:
+        if spe != own[0]:
+            if token is not None and token is _compilation(model):
+                # set past Keras' attribute tracking; a cycle through the model that the collector frees
+                object.__setattr__(model, _TRACED, (token, key, model.train_function, model.test_function))
+            model.steps_per_execution, model.train_function, model.test_function, model.predict_function = own
+
+
+def _compilation(model: keras.Model) -> Any:
+    """An object that ``compile()`` replaces: the loss tracker, first of ``model.metrics``."""
+    metrics = model.metrics if getattr(model, "compiled", False) else []
+    return metrics[0] if metrics else None
+
+
+def _has_accelerator() -> bool:
+    import tensorflow as tf
+
+    return any(d.device_type != "CPU" for d in tf.config.list_physical_devices())
