@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         print(q.report.summary(), end="\n\n")
 
         # Rebuild from the file; its compile config (loss, metrics, optimizer settings) carries over.
-        model16 = fp16cont.build_fp16_model(path, q)
-        print(model16.fp16cont_report.summary(), end="\n\n")
+        model16, report = fp16cont.build_fp16_model(path, q, return_report=True)
+        print(report.summary(), end="\n\n")
 
         if fits_digits(model16):
             (x, y), (x_test, y_test) = load_digits()

@@ -60,8 +60,8 @@ def main() -> None:
     print(q.report.summary(), end="\n\n")
 
     # 2. Rebuild the model in 16-bit with those weights (the source model is not modified).
-    model16 = fp16cont.build_fp16_model(model, q)
-    print(model16.fp16cont_report.summary(), end="\n\n")
+    model16, report = fp16cont.build_fp16_model(model, q, return_report=True)
+    print(report.summary(), end="\n\n")
 
     # 3. Continue training in 16-bit (the compiled loss, metrics and optimizer carry over).
     result = fp16cont.continue_training(

@@ -20,28 +20,47 @@ from fp16cont.errors import (
     ModelNotBuiltError,
     NonFiniteOutputError,
     NonFiniteWeightsError,
+    OutputMismatchError,
     PerformanceWarning,
     RebuildError,
+    SourceFileNotFoundError,
     TrainingDivergedError,
+    UnsupportedBackendError,
     WeightMismatchError,
     WeightOverflowError,
 )
-from fp16cont.hardware import Device, PrecisionChoice, detect_device, select_precision
+from fp16cont._keras_compat import UnsupportedKerasError
+from fp16cont.hardware import detect_device, select_precision
 from fp16cont.convert.policies import DEFAULT_ISLANDS
-from fp16cont.convert.quantize import QuantizedWeights, quantize_weights
-from fp16cont.convert.rebuild import build_fp16_model
-from fp16cont.reporting.reports import BuildReport, QuantizationReport, TrainingResult, VariableAudit, Verification
+from fp16cont.convert.quantize import quantize_weights
+from fp16cont.convert.rebuild import build_fp16_model, inspect
+from fp16cont.reporting.results import (
+    BuildReport,
+    ComparisonReport,
+    Device,
+    DeviceFitResult,
+    EpochRecord,
+    GuardEvent,
+    LayerStagnation,
+    PrecisionChoice,
+    QuantizationReport,
+    QuantizedWeights,
+    RunRecord,
+    StagnationReport,
+    TrainingResult,
+    VariableAudit,
+    Verification,
+)
 from fp16cont.training.train import continue_training
 from fp16cont.optim.carry import carry_optimizer_state
 from fp16cont.training.checkpoint import load_checkpoint, save_checkpoint
 from fp16cont.reporting.compare import compare
 from fp16cont.optim.compensation import CompensatedOptimizer
-from fp16cont.training.device_loop import DeviceFitResult, device_fit, upload
+from fp16cont.training.device_loop import device_fit, upload
 from fp16cont.convert.export import export_float32
 from fp16cont.training.guard import NonFiniteGuard
 from fp16cont.optim.loss_scale import DynamicLossScale
-from fp16cont.reporting.stagnation import StagnationMonitor, StagnationReport, stagnation_audit
-from fp16cont.reporting.comparison import ComparisonReport, EpochRecord, RunRecord
+from fp16cont.reporting.stagnation import StagnationMonitor, stagnation_audit
 from fp16cont.bench.datasets import load_dataset
 from fp16cont.bench.models import mlp, resnet, resnet20, resnet32, resnet56
 
@@ -50,6 +69,7 @@ __version__ = "0.1.0"
 __all__ = [
     "quantize_weights",
     "build_fp16_model",
+    "inspect",
     "continue_training",
     "select_precision",
     "detect_device",
@@ -62,9 +82,15 @@ __all__ = [
     "BuildReport",
     "Verification",
     "TrainingResult",
+    "GuardEvent",
+    "LayerStagnation",
     "Fp16ContError",
     "InvalidArgumentError",
     "InvalidSourceError",
+    "SourceFileNotFoundError",
+    "UnsupportedBackendError",
+    "UnsupportedKerasError",
+    "OutputMismatchError",
     "WeightMismatchError",
     "WeightOverflowError",
     "NonFiniteWeightsError",

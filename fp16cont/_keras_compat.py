@@ -34,9 +34,11 @@ __all__ = [
     "check_keras_version",
     "flatten_layers",
     "producing_layer",
+    "replace_variable",
     "is_functional",
     "set_layer_policy",
     "learning_rate_schedule",
+    "variable_layout",
     "optimizer_own_variables",
     "optimizer_trainable_variables",
     "variable_index",
@@ -126,6 +128,44 @@ def flatten_layers(layer: keras.layers.Layer, recursive: bool = True) -> list[ke
     return list(walk(include_self=False, recursive=recursive))  # private Keras API
 
 
+def replace_variable(layer: keras.layers.Layer, attribute: str, dtype: str) -> Any:
+    """Re-create the variable ``layer.<attribute>`` in ``dtype``, values cast, in its place.
+
+    Keras fixes some variables' dtype (LoRA adapters are always float32); this
+    puts a copy in another dtype at the same position of the layer's variable
+    lists, so ``model.weights`` keeps its order. Used for LoRA adapters only.
+
+    Args:
+        layer: A built layer.
+        attribute: The attribute that holds the variable (``"lora_kernel_a"``).
+        dtype: The new dtype.
+
+    Returns:
+        The new variable.
+
+    Example:
+        >>> replace_variable(layer, "lora_kernel_a", "bfloat16")  # doctest: +SKIP
+    """
+    old = getattr(layer, attribute)
+    tracker = _require(layer, "_tracker", "replacing a variable")
+    stores = [_require(layer, name, "replacing a variable") for name in ("_trainable_variables", "_non_trainable_variables")]
+    was_locked = bool(getattr(tracker, "locked", False))
+    tracker.unlock()  # private Keras API
+    try:
+        new = layer.add_weight(name=old.name, shape=old.shape, initializer="zeros", dtype=dtype, trainable=old.trainable)
+        new.assign(keras.ops.cast(old.value, dtype))
+        for store in stores:  # private Keras API: drop the appended copy, put it where the old one was
+            store[:] = [v for v in store if v is not new]
+            store[:] = [new if v is old else v for v in store]
+        for ids in getattr(tracker, "stored_ids", {}).values():  # private Keras API
+            ids.discard(id(old))
+        object.__setattr__(layer, attribute, new)  # already tracked: skip Layer.__setattr__
+    finally:
+        if was_locked:
+            tracker.lock()  # private Keras API
+    return new
+
+
 def producing_layer(tensor: Any) -> keras.layers.Layer:
     """The layer (operation) that produced a symbolic Keras tensor.
 
@@ -180,6 +220,19 @@ def learning_rate_schedule(optimizer: keras.optimizers.Optimizer) -> Any:
         A ``LearningRateSchedule`` (or a callable) or a variable.
     """
     return _require(optimizer, "_learning_rate", "copying an optimizer with a learning-rate schedule")  # private Keras API
+
+
+def variable_layout(variable: Any) -> Any:
+    """The distribution layout (sharding) of a variable, ``None`` when it has none.
+
+    Args:
+        variable: A Keras variable.
+
+    Returns:
+        The layout Keras created the variable with, or ``None``.
+    """
+    check_keras_version()
+    return getattr(variable, "_layout", None)  # private Keras API
 
 
 def optimizer_own_variables(optimizer: keras.optimizers.Optimizer) -> list[Any]:
@@ -251,6 +304,31 @@ def route_weight_decay(optimizer: keras.optimizers.Optimizer, decay: Callable[[S
     """
     _require(optimizer, "_apply_weight_decay", "decoupled weight decay")
     optimizer._apply_weight_decay = decay  # private Keras API
+
+
+def torch_parallel_update(optimizer: keras.optimizers.Optimizer) -> Callable[[Any, Any, Any], None] | None:
+    """The multi-tensor update of Keras' torch optimizers (``torch._foreach`` over all variables), bound.
+
+    Args:
+        optimizer: A Keras optimizer.
+
+    Returns:
+        ``update(grads, variables, learning_rate)``, or ``None`` where the
+        class has none (other backends, custom optimizers).
+    """
+    method = getattr(type(optimizer), "_parallel_update_step", None)  # private Keras API
+    return None if method is None else functools.partial(method, optimizer)
+
+
+def route_backend_update(optimizer: keras.optimizers.Optimizer, update: Callable[[Any, Any, Any], None]) -> None:
+    """Make ``optimizer`` run ``update(grads, variables, learning_rate)`` as its step (only on a wrapper's private copy).
+
+    Args:
+        optimizer: The private copy a wrapper owns.
+        update: Replaces the optimizer's backend update step.
+    """
+    _require(optimizer, "_backend_update_step", "an optimizer's update step")
+    optimizer._backend_update_step = update  # private Keras API
 
 
 def uses_weight_decay(optimizer: keras.optimizers.Optimizer, variable: Any) -> bool:

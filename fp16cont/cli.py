@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from fp16cont.errors import Fp16ContError, InvalidArgumentError
 
 if TYPE_CHECKING:
-    from fp16cont.reporting.comparison import ComparisonReport
+    from fp16cont.reporting.results import ComparisonReport
 
 __all__ = ["main"]
 
@@ -119,16 +119,16 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from fp16cont.bench.demo import demo_notes, render_demo, run_demo
+    from fp16cont.bench.demo import demo_notes, run_demo
     from fp16cont.hardware import detect_device, select_precision
 
     device = detect_device()
     choice = select_precision(args.precision, device, warn=False)
     print(f"fp16cont demo on {device.name} ({device.kind}), embedded 8x8 digits (1,797 real images); "
           f"16-bit format: {choice.reason}", flush=True)
-    rows = run_demo(args.pretrain_epochs, args.epochs, args.precision, args.batch_size, args.seed)
-    print(render_demo(rows, args.markdown))
-    print(demo_notes(rows, choice.fast))
+    report = run_demo(args.pretrain_epochs, args.epochs, args.precision, args.batch_size, args.seed)
+    print(report.table(args.markdown))
+    print(demo_notes(report, choice.fast))
     return 0
 
 
@@ -143,14 +143,14 @@ def _run_audit(args: argparse.Namespace) -> int:
 def _run_compare(args: argparse.Namespace) -> int:
     from fp16cont.reporting.compare import compare
     from fp16cont.bench.datasets import load_dataset
+    from fp16cont.convert.architecture import compile_config
     from fp16cont.convert.sources import load_model
 
     if args.out is not None:
         _make_dir(args.out)
     (x, y), (xt, yt) = load_dataset(args.data, limit=args.limit)
     model = load_model(args.model)
-    compiled = getattr(model, "compiled", False) and (model.get_compile_config() or {}).get("loss")
-    loss = args.loss or (None if compiled else "sparse_categorical_crossentropy")
+    loss = args.loss or (None if compile_config(model).get("loss") else "sparse_categorical_crossentropy")
     print(f"fp16cont compare: {model.name} on {args.data}: {len(x):,} training and {len(xt):,} validation samples")
     report = compare(
         model,
@@ -163,6 +163,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         optimizer=args.optimizer,
         loss=loss,
         warmup=args.warmup,
+        measure_memory=True,  # this process is the command's own: resetting its memory counters is fine
         verbose=args.progress if args.progress == "auto" else int(args.progress),
     )
     print(report.table(args.markdown))

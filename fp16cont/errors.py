@@ -15,10 +15,15 @@ Example:
 
 from __future__ import annotations
 
+from numbers import Integral
+
 __all__ = [
     "Fp16ContError",
     "InvalidArgumentError",
     "InvalidSourceError",
+    "SourceFileNotFoundError",
+    "UnsupportedBackendError",
+    "OutputMismatchError",
     "WeightMismatchError",
     "WeightOverflowError",
     "NonFiniteWeightsError",
@@ -32,6 +37,9 @@ __all__ = [
     "LossScaleFloorError",
     "TrainingDivergedError",
     "PerformanceWarning",
+    "is_int",
+    "check_int",
+    "check_bool",
 ]
 
 
@@ -45,6 +53,18 @@ class InvalidArgumentError(Fp16ContError, ValueError):
 
 class InvalidSourceError(Fp16ContError, TypeError):
     """The model or weights source cannot be read."""
+
+
+class SourceFileNotFoundError(Fp16ContError, FileNotFoundError):
+    """A model, weights or data file that was named does not exist."""
+
+
+class UnsupportedBackendError(Fp16ContError, RuntimeError):
+    """The call needs another Keras backend, or a backend feature this setup lacks."""
+
+
+class OutputMismatchError(Fp16ContError, ValueError):
+    """Two models that should compute the same outputs differ beyond the tolerance (all values finite)."""
 
 
 class WeightMismatchError(Fp16ContError, ValueError):
@@ -97,3 +117,64 @@ class TrainingDivergedError(Fp16ContError, FloatingPointError):
 
 class PerformanceWarning(UserWarning):
     """The requested precision is known to run slowly on this hardware."""
+
+
+def is_int(value: object) -> bool:
+    """Whether ``value`` is an integer (Python or numpy), not a bool.
+
+    Example:
+        >>> is_int(3), is_int(True), is_int(3.0)
+        (True, False, False)
+    """
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def check_int(name: str, value: object, example: int, *, minimum: int = 1, hint: str = "") -> int:
+    """The one check of an integer argument, with the typed error every fp16cont call raises.
+
+    Args:
+        name: The argument's name, as the caller wrote it.
+        value: What was passed.
+        example: A good value, for the fix.
+        minimum: The smallest value allowed (1: a positive integer).
+        hint: More of the fix, appended after the example.
+
+    Returns:
+        ``value`` as an ``int``.
+
+    Raises:
+        InvalidArgumentError: If ``value`` is not an integer >= ``minimum``.
+
+    Example:
+        >>> check_int("epochs", 3, example=5)
+        3
+    """
+    if not is_int(value) or value < minimum:  # type: ignore[operator]
+        wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise InvalidArgumentError(
+            f"Argument `{name}` should be {wanted}. Received: {name}={value!r}. Fix: pass e.g. {name}={example}{hint}."
+        )
+    return int(value)  # type: ignore[call-overload]
+
+
+def check_bool(name: str, value: object, fix: str) -> bool:
+    """The one check of a True/False argument.
+
+    Args:
+        name: The argument's name.
+        value: What was passed.
+        fix: What to pass instead.
+
+    Returns:
+        ``value``.
+
+    Raises:
+        InvalidArgumentError: If ``value`` is not a bool.
+
+    Example:
+        >>> check_bool("verify", True, "leave it True")
+        True
+    """
+    if not isinstance(value, bool):
+        raise InvalidArgumentError(f"Argument `{name}` should be True or False. Received: {value!r}. Fix: {fix}.")
+    return value

@@ -23,6 +23,7 @@ import keras
 
 from fp16cont.errors import InvalidArgumentError, PerformanceWarning
 from fp16cont.numerics import LOW_PRECISIONS, LowPrecision
+from fp16cont.reporting.results import Device, PrecisionChoice
 
 __all__ = ["Device", "PrecisionChoice", "detect_device", "select_precision", "CPU_FLOAT16_REASON", "collective_strategy_active"]
 
@@ -34,38 +35,6 @@ CPU_FLOAT16_REASON = (
 )
 _BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 _WARNED: set[str] = set()  # each slow-precision warning is shown once per process
-
-
-@dataclass(frozen=True)
-class Device:
-    """The accelerator that Keras will train on.
-
-    Attributes:
-        kind: ``"gpu"``, ``"tpu"`` or ``"cpu"``.
-        name: A human-readable description.
-        compute_capability: CUDA compute capability (major, minor) of a GPU.
-        cpu_bf16: Whether the CPU has bfloat16 instructions (AMX/AVX512-BF16).
-    """
-
-    kind: str
-    name: str
-    compute_capability: tuple[int, int] | None = None
-    cpu_bf16: bool = False
-
-
-@dataclass(frozen=True)
-class PrecisionChoice:
-    """A resolved 16-bit format and why it was chosen.
-
-    Attributes:
-        precision: ``"float16"`` or ``"bfloat16"``.
-        reason: One sentence a user can read.
-        fast: Whether a speed-up over float32 is expected on this device.
-    """
-
-    precision: LowPrecision
-    reason: str
-    fast: bool
 
 
 @functools.cache

@@ -10,7 +10,8 @@ import keras
 import numpy as np
 import pytest
 
-from fp16cont.bench.demo import load_digits
+from fp16cont._keras_compat import flatten_layers
+from fp16cont.bench.datasets import load_digits
 
 
 @pytest.fixture(scope="session")
@@ -150,20 +151,42 @@ def trained_model(request, digits) -> keras.Model:
     return model
 
 
+def _plain(value):
+    """What an attribute holds, comparable after a call: values of plain data, identities of objects."""
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return value
+    if isinstance(value, keras.Variable):
+        return np.array(keras.ops.convert_to_numpy(value.value)).tobytes()
+    if isinstance(value, np.ndarray):
+        return value.tobytes()
+    if isinstance(value, (list, tuple)):
+        return tuple(id(item) for item in value)
+    if isinstance(value, dict):
+        return tuple((key, id(item)) for key, item in value.items())
+    return type(value).__name__
+
+
+def object_state(obj) -> dict:
+    """Every attribute of ``obj`` (``vars``: identity and value) and the values of its variables."""
+    state = {name: (id(value), _plain(value)) for name, value in vars(obj).items()}
+    state["variables()"] = [_plain(v) for v in getattr(obj, "variables", [])]
+    return state
+
+
 def snapshot(model: keras.Model) -> dict:
-    """Everything a fp16cont call must leave unchanged on a source model."""
+    """Everything a fp16cont call must leave unchanged on a source model, its optimizer and keras.config."""
+    optimizer = getattr(model, "optimizer", None)
     return {
         "weights": [np.array(keras.ops.convert_to_numpy(v.value)).tobytes() for v in model.weights],
         "dtypes": [str(v.dtype) for v in model.weights],
-        "policies": [layer.dtype_policy.name for layer in model._flatten_layers()],
+        "policies": [layer.dtype_policy.name for layer in [model, *flatten_layers(model)]],
+        "attributes": object_state(model),
         "compiled": getattr(model, "compiled", False),
-        "optimizer": type(getattr(model, "optimizer", None)).__name__,
-        "optimizer_vars": [
-            np.array(keras.ops.convert_to_numpy(v.value)).tobytes() for v in getattr(model.optimizer, "variables", [])
-        ]
-        if getattr(model, "optimizer", None) is not None
-        else [],
+        "optimizer": type(optimizer).__name__,
+        "optimizer_attributes": object_state(optimizer) if optimizer is not None else None,
         "compile_config": repr(model.get_compile_config()) if getattr(model, "compiled", False) else None,
         "floatx": keras.config.floatx(),
         "policy": keras.config.dtype_policy().name,
+        "epsilon": keras.config.epsilon(),
+        "image_data_format": keras.config.image_data_format(),
     }

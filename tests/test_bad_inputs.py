@@ -60,9 +60,9 @@ def _wrong_weights(env):
 
 CASES = [
     # (id, call, error, words in the message)
-    ("not a model", lambda e: fp16cont.build_fp16_model("just text"), E.InvalidSourceError, ["No file", "Fix"]),
+    ("not a model", lambda e: fp16cont.build_fp16_model("just text"), E.SourceFileNotFoundError, ["No file", "Fix"]),
     ("wrong type", lambda e: fp16cont.quantize_weights(3.14), E.InvalidSourceError, ["keras.Model", "Fix"]),
-    ("missing path", lambda e: fp16cont.quantize_weights(e["folder"] / "none.keras"), E.InvalidSourceError, ["No file", "Fix"]),
+    ("missing path", lambda e: fp16cont.quantize_weights(e["folder"] / "none.keras"), E.SourceFileNotFoundError, ["No file", "Fix"]),
     ("directory", lambda e: fp16cont.quantize_weights(e["folder"]), E.InvalidSourceError, ["directory", "Fix"]),
     ("truncated file", lambda e: fp16cont.quantize_weights(e["truncated"]), E.InvalidSourceError, ["complete model", "Fix"]),
     ("not a model file", lambda e: fp16cont.quantize_weights(e["text"]), E.InvalidSourceError, ["Fix"]),

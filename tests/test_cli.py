@@ -4,30 +4,28 @@ import sys
 import keras
 
 from fp16cont.cli import main
-from fp16cont.bench.demo import render_demo, run_demo
+from fp16cont.bench.demo import run_demo
 from tests.conftest import MODEL_BUILDERS
 
 
 def test_demo_trains_both_precisions_on_real_digits(capsys):
     from fp16cont.bench.demo import demo_notes
 
-    rows = run_demo(pretrain_epochs=1, epochs=2, verbose=2)
+    report = run_demo(pretrain_epochs=1, epochs=2, verbose=2, width=128)
     printed = capsys.readouterr().out
     assert "[pre-training] float32" in printed  # every progress stream is labelled
-    assert "[1/2] float32:" in printed and f"[2/2] {rows[1].label}:" in printed
-    notes = demo_notes(rows, fast_16bit=False)
-    assert f"{rows[1].label}: 16-bit variables, compute and optimizer state" in notes
-    slow = [rows[0], type(rows[1])(rows[1].label, 0.9, 0.9, 1.0, rows[0].samples_per_second, 1)]
-    assert "not faster than float32 here: this processor has no fast 16-bit arithmetic" in demo_notes(slow, False)
-    assert [r.label for r in rows][0] == "float32"
-    assert "fp16cont pure" in rows[1].label
-    assert rows[0].accuracy_before == rows[0].accuracy_before  # not NaN
-    for row in rows:
-        assert 0.5 < row.accuracy_after <= 1.0
-        assert row.samples_per_second > 0 and row.wall_seconds > 0
-    assert rows[1].weight_bytes < 0.6 * rows[0].weight_bytes
-    table = render_demo(rows)
-    assert "acc before" in table and "float32" in table
+    assert "[1/2] float32" in printed and f"[2/2] {report.precisions[1]}" in printed
+    assert report.precisions[0] == "float32" and report.precisions[1] in ("bfloat16", "float16")
+    notes = demo_notes(report, fast_16bit=False)
+    assert "pure 16-bit, fp16cont" in notes
+    float32, low = (report.runs_for(p)[0] for p in report.precisions)
+    if low.steady_samples_per_second <= 1.05 * float32.steady_samples_per_second:
+        assert "not faster than float32 here: this processor has no fast 16-bit arithmetic" in notes
+    for run in (float32, low):
+        assert 0.5 < run.final.val_accuracy <= 1.0 and run.initial_val_accuracy is not None
+        assert run.steady_samples_per_second > 0 and run.wall_seconds > 0
+    assert low.weight_bytes < 0.6 * float32.weight_bytes
+    assert "val acc before" in report.table()
 
 
 def test_audit_command_prints_report(tmp_path, capsys):
@@ -40,7 +38,7 @@ def test_audit_command_prints_report(tmp_path, capsys):
 
 def test_audit_command_reports_errors_with_exit_status_2(tmp_path, capsys):
     assert main(["audit", str(tmp_path / "missing.keras")]) == 2
-    assert "InvalidSourceError" in capsys.readouterr().err
+    assert "SourceFileNotFoundError" in capsys.readouterr().err
 
 
 def test_python_dash_m_entry_point_help():

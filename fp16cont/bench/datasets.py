@@ -21,13 +21,12 @@ from __future__ import annotations
 import os
 import zipfile
 from importlib import resources
-from numbers import Integral
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fp16cont.errors import DataError, InvalidArgumentError, InvalidSourceError
+from fp16cont.errors import DataError, InvalidSourceError, check_int
 
 __all__ = ["KNOWN_DATASETS", "NPZ_KEYS", "Split", "load_dataset", "load_digits"]
 
@@ -97,12 +96,7 @@ def load_dataset(name_or_path: str | os.PathLike[str], *, limit: int | None = No
 def _check_limit(limit: object) -> int | None:
     if limit is None:
         return None
-    if isinstance(limit, bool) or not isinstance(limit, Integral) or limit < 1:
-        raise InvalidArgumentError(
-            f"Argument `limit` should be a positive integer or None. Received: limit={limit!r}. "
-            "Fix: pass e.g. limit=1000 to keep the first 1000 samples of each split, or None for all."
-        )
-    return int(limit)
+    return check_int("limit", limit, 1000, hint=" to keep the first 1000 samples of each split, or None for all")
 
 
 def load_digits(test_fraction: float = 0.2, seed: int = 0) -> tuple[Split, Split]:

@@ -23,11 +23,10 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from numbers import Integral
 
 import keras
 
-from fp16cont.errors import InvalidArgumentError
+from fp16cont.errors import InvalidArgumentError, check_int, is_int
 
 __all__ = ["resnet", "resnet20", "resnet32", "resnet56", "mlp"]
 
@@ -56,7 +55,7 @@ def resnet(depth: int, input_shape: Sequence[int] = (32, 32, 3), num_classes: in
     """
     blocks = _blocks_per_stage(depth)
     shape = _image_shape(input_shape)
-    classes = _positive_int("num_classes", num_classes, minimum=2, example=10)
+    classes = check_int("num_classes", num_classes, 10, minimum=2)
     inputs = keras.Input(shape, name="image")
     x = _conv_bn(inputs, _STAGE_FILTERS[0], strides=1, name="stem")
     x = keras.layers.ReLU(name="stem_relu")(x)
@@ -121,9 +120,9 @@ def mlp(input_dim: int | Sequence[int], width: int = 1024, depth: int = 3, num_c
         (None, 10)
     """
     shape = _sample_shape(input_dim)
-    units = _positive_int("width", width, minimum=1, example=1024)
-    layers = _positive_int("depth", depth, minimum=1, example=3)
-    classes = _positive_int("num_classes", num_classes, minimum=2, example=10)
+    units = check_int("width", width, 1024, minimum=1)
+    layers = check_int("depth", depth, 3, minimum=1)
+    classes = check_int("num_classes", num_classes, 10, minimum=2)
     inputs = keras.Input(shape, name="features")
     x = keras.layers.Flatten(name="flatten")(inputs) if len(shape) > 1 else inputs
     for i in range(1, layers + 1):
@@ -157,7 +156,7 @@ def _conv_bn(x: keras.KerasTensor, filters: int, strides: int, name: str, kernel
 
 
 def _blocks_per_stage(depth: object) -> int:
-    if not _is_int(depth) or depth < 8 or (depth - 2) % 6:  # type: ignore[operator]
+    if not is_int(depth) or depth < 8 or (depth - 2) % 6:  # type: ignore[operator]
         nearest = _nearest_depth(depth)
         raise InvalidArgumentError(
             "Argument `depth` should be 6n + 2 for a whole n >= 1 (8, 14, 20, 32, 44, 56, 110). "
@@ -174,19 +173,6 @@ def _nearest_depth(depth: object) -> int:
     return 20
 
 
-def _positive_int(name: str, value: object, minimum: int, example: int) -> int:
-    if not _is_int(value) or value < minimum:  # type: ignore[operator]
-        raise InvalidArgumentError(
-            f"Argument `{name}` should be an integer >= {minimum}. Received: {name}={value!r}. "
-            f"Fix: pass e.g. {name}={example}."
-        )
-    return int(value)  # type: ignore[call-overload]
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool)
-
-
 def _image_shape(input_shape: object) -> tuple[int, int, int]:
     shape = _sample_shape(input_shape, name="input_shape")
     if len(shape) != 3:
@@ -199,12 +185,12 @@ def _image_shape(input_shape: object) -> tuple[int, int, int]:
 
 
 def _sample_shape(value: object, name: str = "input_dim") -> tuple[int, ...]:
-    dims = (value,) if _is_int(value) else value
+    dims = (value,) if is_int(value) else value
     try:
         shape = tuple(dims)  # type: ignore[arg-type]
     except TypeError:
         shape = ()
-    if not shape or any(not _is_int(d) or d < 1 for d in shape):
+    if not shape or any(not is_int(d) or d < 1 for d in shape):
         raise InvalidArgumentError(
             f"Argument `{name}` should be a positive integer or a shape of positive integers. "
             f"Received: {name}={value!r}. Fix: pass e.g. {name}=784 or {name}=(28, 28, 1)."

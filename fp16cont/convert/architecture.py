@@ -23,9 +23,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import keras
+import numpy as np
 
 from fp16cont import _keras_compat as compat
 from fp16cont.errors import ModelNotBuiltError, RebuildError
+from fp16cont.numerics import numpy_dtype
 
 __all__ = [
     "PolicyFn",
@@ -34,6 +36,8 @@ __all__ = [
     "output_layers",
     "clone_with_policies",
     "check_built",
+    "compile_config",
+    "copy_model",
     "effective_policy",
     "Float32Initializer",
 ]
@@ -102,6 +106,55 @@ def check_built(model: keras.Model) -> None:
             "give it an input shape (keras.Input(shape=...) as its first layer) or "
             "call model.build(input_shape) / run one batch through it first."
         )
+
+
+def compile_config(model: keras.Model) -> dict[str, Any]:
+    """The model's compile settings (loss, metrics, optimizer...), empty when it is not compiled.
+
+    Args:
+        model: A Keras model.
+
+    Returns:
+        ``model.get_compile_config()`` of a compiled model, else ``{}``.
+
+    Example:
+        >>> compile_config(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]))
+        {}
+    """
+    if not getattr(model, "compiled", False):
+        return {}
+    return dict(model.get_compile_config() or {})
+
+
+def copy_model(model: keras.Model, policy_of: PolicyFn = lambda layer: None) -> keras.Model:
+    """A new model with ``policy_of(layer)`` per layer and the source's weights.
+
+    Each value is cast to its new variable's dtype (exact for float32 copies
+    and for widening 16-bit to float32). The copy is uncompiled; the source
+    is only read.
+
+    Args:
+        model: A built model.
+        policy_of: As in :func:`clone_with_policies`; the default keeps every
+            layer's policy.
+
+    Returns:
+        The copy.
+
+    Raises:
+        ModelNotBuiltError: If ``model`` is not built.
+        RebuildError: If the architecture cannot be rebuilt from its config.
+
+    Example:
+        >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        >>> copy_model(m, lambda layer: "float32").layers[0].kernel.dtype
+        'float32'
+    """
+    copy = clone_with_policies(model, policy_of)
+    for target, variable in zip(copy.weights, model.weights):
+        value = np.array(variable.numpy())  # a host copy (also of a distributed variable)
+        target.assign(value.astype(numpy_dtype(target.dtype)) if "float" in str(target.dtype) else value)
+    return copy
 
 
 def clone_with_policies(model: keras.Model, policy_of: PolicyFn) -> keras.Model:

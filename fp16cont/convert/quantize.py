@@ -12,15 +12,12 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import keras
 import numpy as np
 
 from fp16cont.errors import (
-    AlreadyLowPrecisionError,
     InvalidArgumentError,
     InvalidSourceError,
     NonFiniteWeightsError,
@@ -28,8 +25,8 @@ from fp16cont.errors import (
 )
 from fp16cont.hardware import select_precision
 from fp16cont.numerics import LowPrecision, facts, is_low_float, numpy_dtype
-from fp16cont.reporting.reports import QuantizationReport, VariableAudit
-from fp16cont.convert.sources import read_weights
+from fp16cont.reporting.results import QuantizationReport, QuantizedWeights, VariableAudit
+from fp16cont.convert.sources import check_float32_source, read_weights
 
 __all__ = ["QuantizedWeights", "quantize_weights", "OnOverflow", "OnNonFinite"]
 
@@ -37,34 +34,6 @@ OnOverflow = Literal["raise", "saturate", "keep_float32"]
 OnNonFinite = Literal["raise", "keep"]
 _ON_OVERFLOW = ("raise", "saturate", "keep_float32")
 _ON_NONFINITE = ("raise", "keep")
-
-
-@dataclass(frozen=True)
-class QuantizedWeights:
-    """16-bit weights in the model's weight order, with their audit.
-
-    Attributes:
-        paths: Variable paths (list indices / dict keys for raw arrays).
-        arrays: The cast values: 16-bit for floating-point variables, float32
-            for those kept in float32, untouched for integer/bool variables.
-        precision: ``"float16"`` or ``"bfloat16"``.
-        report: The :class:`~fp16cont.reporting.reports.QuantizationReport`.
-    """
-
-    paths: tuple[str, ...]
-    arrays: tuple[np.ndarray, ...]
-    precision: LowPrecision
-    report: QuantizationReport
-
-    def __len__(self) -> int:
-        return len(self.arrays)
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        return iter(self.arrays)
-
-    def as_dict(self) -> dict[str, np.ndarray]:
-        """The arrays keyed by variable path."""
-        return dict(zip(self.paths, self.arrays))
 
 
 def quantize_weights(
@@ -250,13 +219,10 @@ def _check_numeric(paths: tuple[str, ...], arrays: tuple[np.ndarray, ...]) -> No
 
 
 def _check_not_low(paths: tuple[str, ...], arrays: tuple[np.ndarray, ...]) -> None:
-    low = [f"{p} ({a.dtype.name})" for p, a in zip(paths, arrays) if is_low_float(a.dtype)]
-    if low:
-        raise AlreadyLowPrecisionError(
-            f"{len(low)} variable(s) are already 16-bit: {', '.join(low[:5])}. fp16cont casts "
-            "float32 models. Fix: pass the float32 model (continue_training() can train a "
-            "16-bit model directly)."
-        )
+    check_float32_source(
+        paths, [a.dtype for a in arrays], "The source",
+        "pass the float32 model (continue_training() can train a 16-bit model directly).",
+    )
 
 
 def _raise_for_nonfinite(audits: tuple[VariableAudit, ...], on_nonfinite: str) -> None:

@@ -13,30 +13,64 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import keras
 import numpy as np
 
-from fp16cont.convert.architecture import check_built, clone_with_policies, effective_policy, iter_layers
+from fp16cont.convert.architecture import (
+    check_built,
+    clone_with_policies,
+    compile_config,
+    effective_policy,
+    iter_layers,
+    output_layers,
+)
 from fp16cont.errors import (
-    AlreadyLowPrecisionError,
     InvalidArgumentError,
     InvalidSourceError,
     RebuildError,
+    UnsupportedBackendError,
     WeightMismatchError,
+    check_bool,
 )
 from fp16cont.hardware import collective_strategy_active, select_precision
 from fp16cont.numerics import is_low_float, numpy_dtype
-from fp16cont.convert.policies import DEFAULT_ISLANDS, Island, Mode, PolicyPlan, policy_plan
+from fp16cont.convert.policies import DEFAULT_ISLANDS, NORMALIZATION_LAYERS, Island, Mode, PolicyPlan, policy_plan
 from fp16cont.convert.quantize import QuantizedWeights, quantize_weights
-from fp16cont.reporting.reports import BuildReport
-from fp16cont.convert.sources import load_model, variable_arrays
+from fp16cont.reporting.results import BuildReport, QuantizationReport, Verification
+from fp16cont.convert.sources import check_float32_source, load_model, variable_arrays
 from fp16cont.convert.verify import compare_models
 
-__all__ = ["build_fp16_model", "weight_bytes", "float_precision", "dtype_mix", "check_dtypes"]
+__all__ = ["build_fp16_model", "inspect", "weight_bytes", "float_precision", "dtype_mix", "check_dtypes"]
 
 _MODES = ("pure", "mixed")
+
+
+@overload
+def build_fp16_model(
+    model: keras.Model | str | os.PathLike[str],
+    weights: QuantizedWeights | None = None,
+    *,
+    precision: str = "auto",
+    mode: Mode = "pure",
+    keep_float32: Sequence[Island] | None = DEFAULT_ISLANDS,
+    verify: bool = True,
+    return_report: Literal[False] = False,
+) -> keras.Model: ...
+
+
+@overload
+def build_fp16_model(
+    model: keras.Model | str | os.PathLike[str],
+    weights: QuantizedWeights | None = None,
+    *,
+    precision: str = "auto",
+    mode: Mode = "pure",
+    keep_float32: Sequence[Island] | None = DEFAULT_ISLANDS,
+    verify: bool = True,
+    return_report: Literal[True],
+) -> tuple[keras.Model, BuildReport]: ...
 
 
 def build_fp16_model(
@@ -47,7 +81,8 @@ def build_fp16_model(
     mode: Mode = "pure",
     keep_float32: Sequence[Island] | None = DEFAULT_ISLANDS,
     verify: bool = True,
-) -> keras.Model:
+    return_report: bool = False,
+) -> keras.Model | tuple[keras.Model, BuildReport]:
     """Rebuild a float32 model with 16-bit variables and compute.
 
     The architecture is rebuilt from its config with a dtype policy per layer
@@ -70,14 +105,20 @@ def build_fp16_model(
             layer classes and layer-name glob patterns. ``None`` for none.
         verify: Run one probe batch through both models and record the largest
             output difference and the argmax agreement in the report.
+        return_report: Also return the :class:`~fp16cont.reporting.results.BuildReport`
+            (the dtype mix, islands and why, the cast audit and the probe check).
+            :func:`inspect` recomputes what the model itself shows at any time.
 
     Returns:
-        The new model. Its :class:`~fp16cont.reporting.reports.BuildReport` is
-        ``model16.fp16cont_report``.
+        The new model, or ``(model16, report)`` with ``return_report=True``.
+        Nothing is attached to the model.
 
     Raises:
         InvalidArgumentError: For a bad ``precision``, ``mode`` or ``keep_float32``.
         InvalidSourceError: If ``model`` is not a model or model file.
+        SourceFileNotFoundError: If ``model`` is a path with no file.
+        UnsupportedBackendError: For bfloat16 under TensorFlow's
+            ``MultiWorkerMirroredStrategy`` (no bfloat16 collectives).
         ModelNotBuiltError: If the model has no weights yet.
         AlreadyLowPrecisionError: If the model already has 16-bit variables.
         RebuildError: If the architecture cannot be rebuilt from its config.
@@ -86,9 +127,9 @@ def build_fp16_model(
 
     Example:
         >>> q = fp16cont.quantize_weights(m, "bfloat16")
-        >>> m16 = fp16cont.build_fp16_model(m, q)
-        >>> m16.fp16cont_report.precision
-        'bfloat16'
+        >>> m16, report = fp16cont.build_fp16_model(m, q, return_report=True)
+        >>> report.precision, fp16cont.inspect(m16).precision
+        ('bfloat16', 'bfloat16')
     """
     source = _as_model(model)
     if not isinstance(precision, str):
@@ -96,8 +137,8 @@ def build_fp16_model(
             f"Argument `precision` should be 'auto', 'float16' or 'bfloat16'. Received: {precision!r}. "
             "Fix: leave it 'auto'."
         )
-    if not isinstance(verify, bool):
-        raise InvalidArgumentError(f"Argument `verify` should be True or False. Received: {verify!r}. Fix: leave it True.")
+    check_bool("verify", verify, "leave it True")
+    check_bool("return_report", return_report, "pass True to get (model16, report)")
     if not isinstance(mode, str) or mode not in _MODES:
         raise InvalidArgumentError(
             f"Argument `mode` should be 'pure' or 'mixed'. Received: mode={mode!r}. "
@@ -110,7 +151,7 @@ def build_fp16_model(
         precision = weights.precision
     choice = select_precision(precision)
     if choice.precision == "bfloat16" and collective_strategy_active():
-        raise InvalidArgumentError(
+        raise UnsupportedBackendError(
             "TensorFlow's MultiWorkerMirroredStrategy cannot create bfloat16 variables (its "
             "collective broadcast has no bfloat16 kernel). Fix: use precision='float16' for "
             "multi-worker training (the fast format on NVIDIA GPUs), or MirroredStrategy on one host."
@@ -123,22 +164,93 @@ def build_fp16_model(
     islands = check_dtypes(rebuilt, source, plan)
     _load_weights(rebuilt, source, weights if mode == "pure" else None)
     _compile_like(rebuilt, source)
-    report = BuildReport(
-        precision=choice.precision,
-        mode=mode,
-        layer_policies=_layer_policies(rebuilt),
-        float32_variables=tuple(
-            v.path for v in rebuilt.weights if "float" in str(v.dtype) and not is_low_float(v.dtype)
-        ),
-        weight_bytes=weight_bytes(rebuilt.weights),
+    report = _report(
+        rebuilt,
+        choice.precision,
+        mode,
+        islands,
         quantization=weights.report if mode == "pure" and weights is not None else None,
         verification=compare_models(source, rebuilt) if verify else None,
-        dtype_mix=dtype_mix(rebuilt.weights),
-        islands=islands,
     )
     _warn_if_mostly_float32(report, source)
-    rebuilt.fp16cont_report = report
-    return rebuilt
+    return (rebuilt, report) if return_report else rebuilt
+
+
+def inspect(model: keras.Model) -> BuildReport:
+    """What a model trains in, read from the model itself.
+
+    Recomputes the facts of :func:`build_fp16_model`'s report from the
+    model's variables and layer policies, so it works on any built model:
+    one just built, trained, saved and loaded again, or built by hand.
+    What only the build knew is left out (``quantization`` and
+    ``verification`` are ``None``), and an island's reason is read from the
+    layer: a normalization layer, an output layer, or another float32 layer.
+
+    Args:
+        model: A built Keras model.
+
+    Returns:
+        A :class:`~fp16cont.reporting.results.BuildReport`. ``precision`` is
+        the 16-bit format most trainable values train in (``"float32"`` if
+        none); ``mode`` is ``"pure"`` (16-bit variables), ``"mixed"``
+        (float32 variables, 16-bit compute) or ``"float32"``.
+
+    Raises:
+        InvalidSourceError: If ``model`` is not a ``keras.Model``.
+        ModelNotBuiltError: If the model was never built.
+
+    Example:
+        >>> m16 = fp16cont.build_fp16_model(m, precision="bfloat16")
+        >>> report = fp16cont.inspect(m16)
+        >>> report.precision, report.mode, [p for p, _, _ in report.islands]
+        ('bfloat16', 'pure', ['dense_1'])
+    """
+    if not isinstance(model, keras.Model):
+        raise InvalidSourceError(
+            f"Argument `model` should be a built keras.Model. Received: {type(model).__name__}. "
+            "Fix: pass the model build_fp16_model returned."
+        )
+    check_built(model)
+    main = float_precision(model)
+    precision = main.removeprefix("mixed_")
+    mode = "mixed" if main.startswith("mixed_") else "pure" if is_low_float(precision) else "float32"
+    outputs = output_layers(model)
+    islands = tuple(
+        (layer.path or layer.name, effective_policy(layer).name, _seen_reason(layer, outputs))
+        for layer in iter_layers(model)
+        if not isinstance(layer, keras.layers.InputLayer) and effective_policy(layer).name != main
+    )
+    return _report(model, precision, mode, islands)
+
+
+def _seen_reason(layer: keras.layers.Layer, outputs: list[keras.layers.Layer]) -> str:
+    if any(layer is o for o in outputs):
+        return "output layer"
+    if isinstance(layer, NORMALIZATION_LAYERS):
+        return "normalization (float32 statistics)"
+    return f"runs in {effective_policy(layer).name}"
+
+
+def _report(
+    model: keras.Model,
+    precision: str,
+    mode: str,
+    islands: tuple[tuple[str, str, str], ...],
+    quantization: QuantizationReport | None = None,
+    verification: Verification | None = None,
+) -> BuildReport:
+    """The :class:`BuildReport` of a built model; what is measured is read from its variables."""
+    return BuildReport(
+        precision=precision,
+        mode=mode,
+        layer_policies=_layer_policies(model),
+        float32_variables=tuple(v.path for v in model.weights if "float" in str(v.dtype) and not is_low_float(v.dtype)),
+        weight_bytes=weight_bytes(model.weights),
+        quantization=quantization,
+        verification=verification,
+        dtype_mix=dtype_mix(model.weights),
+        islands=islands,
+    )
 
 
 def dtype_mix(variables: Sequence[Any]) -> tuple[tuple[str, int, int, int], ...]:
@@ -331,13 +443,10 @@ def _as_model(model: Any) -> keras.Model:
 
 
 def _check_float32(model: keras.Model) -> None:
-    low = [f"{v.path} ({v.dtype})" for v in model.weights if is_low_float(v.dtype)]
-    if low:
-        raise AlreadyLowPrecisionError(
-            f"Model {model.name!r} already has {len(low)} 16-bit variable(s), e.g. "
-            f"{', '.join(low[:3])}. Fix: pass the float32 model to build_fp16_model, or train "
-            "this model directly with continue_training()."
-        )
+    check_float32_source(
+        [v.path for v in model.weights], [v.dtype for v in model.weights], f"Model {model.name!r}",
+        "pass the float32 model to build_fp16_model, or train this model directly with continue_training().",
+    )
 
 
 def _check_weights(model: keras.Model, weights: Any, precision: str) -> None:
@@ -371,7 +480,7 @@ def _load_weights(rebuilt: keras.Model, source: keras.Model, weights: QuantizedW
 
 
 def _compile_like(rebuilt: keras.Model, source: keras.Model) -> None:
-    config = source.get_compile_config() if getattr(source, "compiled", False) else None
+    config = compile_config(source)
     if not config:
         return
     try:

@@ -22,9 +22,10 @@ import keras
 import numpy as np
 
 from fp16cont.convert.architecture import check_built, clone_with_policies
-from fp16cont.errors import InvalidSourceError, WeightMismatchError
+from fp16cont.errors import AlreadyLowPrecisionError, InvalidSourceError, SourceFileNotFoundError, WeightMismatchError
+from fp16cont.numerics import is_low_float
 
-__all__ = ["Source", "WeightSource", "load_model", "read_weights", "variable_arrays", "to_numpy"]
+__all__ = ["Source", "WeightSource", "load_model", "read_weights", "variable_arrays", "to_numpy", "check_float32_source"]
 
 Source = Union[keras.Model, str, os.PathLike, Sequence[np.ndarray], Mapping[str, np.ndarray]]
 _MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -57,6 +58,29 @@ def to_numpy(variable: Any) -> np.ndarray:
     return np.array(variable.numpy())
 
 
+def check_float32_source(paths: Sequence[str], dtypes: Sequence[Any], what: str, fix: str) -> None:
+    """The one "already 16-bit" check: raise if any floating-point value is 16-bit.
+
+    Args:
+        paths: Variable paths (or list indices / dict keys).
+        dtypes: Their dtypes, in the same order.
+        what: What holds them, for the message (``"Model 'mlp'"``, ``"The weights"``).
+        fix: What to pass instead.
+
+    Raises:
+        AlreadyLowPrecisionError: Naming up to five 16-bit variables and the fix.
+
+    Example:
+        >>> check_float32_source(["w"], ["float32"], "The weights", "pass float32 weights")
+    """
+    low = [f"{p} ({getattr(d, 'name', d)})" for p, d in zip(paths, dtypes) if is_low_float(d)]
+    if low:
+        raise AlreadyLowPrecisionError(
+            f"{what} already has {len(low)} 16-bit variable(s), e.g. {', '.join(low[:5])}; fp16cont starts "
+            f"from float32. Fix: {fix}"
+        )
+
+
 def variable_arrays(model: keras.Model) -> tuple[np.ndarray, ...]:
     """The values of ``model.weights`` as numpy arrays (copies, never views).
 
@@ -79,8 +103,9 @@ def load_model(path: str | os.PathLike[str]) -> keras.Model:
         The loaded model (compiled when the file holds a compile config).
 
     Raises:
-        InvalidSourceError: If the path is missing, a directory, of the wrong
-            kind, or not a readable model.
+        SourceFileNotFoundError: If there is no file at ``path``.
+        InvalidSourceError: If the path is a directory, of the wrong kind,
+            or not a readable model.
 
     Example:
         >>> load_model("missing.keras")  # doctest: +SKIP
@@ -116,6 +141,7 @@ def read_weights(source: Any, model: keras.Model | None = None) -> WeightSource:
         A :class:`WeightSource`.
 
     Raises:
+        SourceFileNotFoundError: If a path source names no file.
         InvalidSourceError: If the source is of an unsupported type or unreadable.
         ModelNotBuiltError: If a model source was never built.
         WeightMismatchError: If a weights file does not fit ``model``.
@@ -160,7 +186,7 @@ def _read_path(path: str | os.PathLike[str], model: keras.Model | None) -> Weigh
 def _existing_file(path: str | os.PathLike[str]) -> Path:
     file = Path(path)
     if not file.exists():
-        raise InvalidSourceError(f"No file at {str(file)!r}. Fix: check the path (relative to {os.getcwd()!r}).")
+        raise SourceFileNotFoundError(f"No file at {str(file)!r}. Fix: check the path (relative to {os.getcwd()!r}).")
     if not file.is_file():
         raise InvalidSourceError(f"{str(file)!r} is a directory, not a model file. Fix: pass the .keras file inside it.")
     return file

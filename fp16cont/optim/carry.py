@@ -21,10 +21,11 @@ from fp16cont import _keras_compat as compat
 from fp16cont.errors import InvalidArgumentError, WeightMismatchError
 from fp16cont.numerics import facts, is_low_float, numpy_dtype
 from fp16cont.convert.quantize import audit_cast
-from fp16cont.reporting.reports import QuantizationReport, VariableAudit
+from fp16cont.reporting.results import QuantizationReport, VariableAudit
 from fp16cont.convert.sources import to_numpy
 
 __all__ = [
+    "optimizer_chain",
     "innermost_optimizer",
     "made_from",
     "carry_optimizer_state",
@@ -35,6 +36,27 @@ __all__ = [
 ]
 
 
+def optimizer_chain(optimizer: Any) -> list[Any]:
+    """The one walk down a chain of optimizer wrappers: the optimizer, then each ``inner_optimizer``.
+
+    Args:
+        optimizer: An optimizer, possibly wrapped (loss scaling, compensation), or ``None``.
+
+    Returns:
+        Outermost first; empty for ``None``.
+
+    Example:
+        >>> sgd = keras.optimizers.SGD(0.01)
+        >>> [type(o).__name__ for o in optimizer_chain(keras.optimizers.LossScaleOptimizer(sgd))]
+        ['LossScaleOptimizer', 'SGD']
+    """
+    chain = []
+    while optimizer is not None:
+        chain.append(optimizer)
+        optimizer = getattr(optimizer, "inner_optimizer", None)
+    return chain
+
+
 def innermost_optimizer(optimizer: Any) -> Any:
     """The optimizer at the bottom of a chain of wrappers.
 
@@ -42,11 +64,10 @@ def innermost_optimizer(optimizer: Any) -> Any:
         optimizer: An optimizer, possibly wrapped (loss scaling, compensation).
 
     Returns:
-        The innermost optimizer.
+        The innermost optimizer (``None`` for ``None``).
     """
-    while getattr(optimizer, "inner_optimizer", None) is not None:
-        optimizer = optimizer.inner_optimizer
-    return optimizer
+    chain = optimizer_chain(optimizer)
+    return chain[-1] if chain else None
 
 
 def made_from(chain: Any, optimizer: Any) -> bool:
@@ -67,11 +88,10 @@ def made_from(chain: Any, optimizer: Any) -> bool:
         >>> made_from(sgd, sgd), made_from(keras.optimizers.SGD(0.01), sgd)
         (True, False)
     """
-    while chain is not None:
-        source = getattr(chain, "source_optimizer", None)
-        if chain is optimizer or (source is not None and source() is optimizer):
+    for link in optimizer_chain(chain):
+        source = getattr(link, "source_optimizer", None)
+        if link is optimizer or (source is not None and source() is optimizer):
             return True
-        chain = getattr(chain, "inner_optimizer", None)
     return False
 
 

@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -42,7 +43,7 @@ import keras
 from keras import ops
 
 from fp16cont import _keras_compat as compat
-from fp16cont.optim.carry import HostValues, private_copy, restore_state, state_values
+from fp16cont.optim.carry import HostValues, optimizer_chain, private_copy, restore_state, state_values
 from fp16cont.errors import InvalidArgumentError
 from fp16cont.numerics import LOW_PRECISIONS, facts, is_low_float
 
@@ -258,6 +259,11 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
             for p, i, c, lo in zip(self._paths, self._intended, self._cancelled, self._lost)
         ]
 
+    @property
+    def sixteen_bit(self) -> tuple[bool, ...]:
+        """Per variable of :meth:`update_counts`: whether it is stored in 16-bit (empty until built)."""
+        return tuple(self._low) if self.built else ()
+
     # -- the compensated write -------------------------------------------
     def _index(self, variable: Any) -> int:
         return int(self._original_index(variable))
@@ -306,10 +312,17 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
         epsilon = getattr(self.inner_optimizer, "epsilon", None)
         floor = facts("float16").smallest_normal
         if slot_is_low and isinstance(epsilon, float) and epsilon < floor:
-            self.inner_optimizer.epsilon = floor
-            self.adjustments.append(
+            self.inner_optimizer.epsilon = floor  # the private copy's: the given optimizer keeps its own
+            note = (
                 f"epsilon raised from {epsilon:g} to {floor:g} (smallest normal float16) because "
-                "the optimizer moments are stored in float16"
+                "the optimizer moments are stored in float16, where a smaller epsilon flushes to zero"
+            )
+            self.adjustments.append(note)
+            warnings.warn(
+                f"{type(self.inner_optimizer).__name__}: {note}. Fix: pass epsilon>={floor:g}, or "
+                "slot_dtype='float32' to keep the moments (and epsilon) in float32.",
+                UserWarning,
+                stacklevel=3,
             )
 
     # -- instrumenting the private copy -----------------------------------
@@ -349,7 +362,7 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
 
         def add_slot(reference_variable: Any, name: str | None = None, initializer: Any = "zeros") -> Any:
             if wrapper.slot_dtype == "float32" and is_low_float(reference_variable.dtype):
-                layout = getattr(reference_variable, "_layout", None)  # private Keras API: a slot keeps its variable's sharding
+                layout = compat.variable_layout(reference_variable)  # a slot keeps its variable's sharding
                 return inner.add_variable(
                     shape=reference_variable.shape,
                     initializer=initializer,
@@ -395,11 +408,7 @@ def find_compensated(optimizer: Any) -> CompensatedOptimizer | None:
     Returns:
         The compensated wrapper, or ``None``.
     """
-    while optimizer is not None:
-        if isinstance(optimizer, CompensatedOptimizer):
-            return optimizer
-        optimizer = getattr(optimizer, "inner_optimizer", None)
-    return None
+    return next((o for o in optimizer_chain(optimizer) if isinstance(o, CompensatedOptimizer)), None)
 
 
 def _count(mask: Any) -> Any:

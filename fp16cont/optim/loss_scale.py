@@ -24,7 +24,7 @@ import keras
 from keras import ops
 
 from fp16cont import _keras_compat as compat
-from fp16cont.optim.carry import HostValues, private_copy, restore_state, state_values
+from fp16cont.optim.carry import HostValues, optimizer_chain, private_copy, restore_state, state_values
 from fp16cont.errors import InvalidArgumentError, LossScaleFloorError
 
 __all__ = ["DynamicLossScale", "LossScaleMonitor", "find_loss_scale"]
@@ -139,11 +139,7 @@ def find_loss_scale(optimizer: Any) -> keras.optimizers.LossScaleOptimizer | Non
     Returns:
         The loss-scale optimizer, or ``None``.
     """
-    while optimizer is not None:
-        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-            return optimizer
-        optimizer = getattr(optimizer, "inner_optimizer", None)
-    return None
+    return next((o for o in optimizer_chain(optimizer) if isinstance(o, keras.optimizers.LossScaleOptimizer)), None)
 
 
 class LossScaleMonitor(keras.callbacks.Callback):

@@ -2,13 +2,13 @@
 
 Every run starts from a fresh copy of the source model made from the same
 float32 weights (cast to 16-bit for the 16-bit runs), is compiled like the
-source (or with the ``optimizer``, ``loss`` and ``metrics`` given), gets the
-same seed right before training (``keras.utils.set_random_seed``, so the
-data order and any dropout masks are the same for every precision), and is
-trained with :func:`fp16cont.continue_training`. The source model is never
-modified and ``keras.config`` globals are never changed; the global random
-generators of Python, numpy and the backend are seeded, as ``set_random_seed``
-does.
+source (or with a fresh copy of the ``optimizer``, ``loss`` and ``metrics``
+given), is seeded right before training (:func:`seeded`, so the data order and
+any dropout masks are the same for every precision), and is trained with
+:func:`fp16cont.continue_training`. The source model and the optimizer given
+are never modified, ``keras.config`` globals are never changed, Python's and
+NumPy's global random generators are restored after each run, and memory
+counters are only reset when ``measure_memory=True`` asks for it.
 
 Example:
     >>> import fp16cont
@@ -25,6 +25,7 @@ import contextlib
 import gc
 import logging
 import os
+import random
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,26 +34,27 @@ from typing import Any
 import keras
 import numpy as np
 
-from fp16cont.convert.architecture import check_built, clone_with_policies
-from fp16cont.reporting.comparison import ComparisonReport, EpochRecord, RunRecord
+from fp16cont.convert.architecture import check_built, compile_config, copy_model
+from fp16cont.reporting.results import ComparisonReport, EpochRecord, PeakMemory, RunRecord
 from fp16cont.training.data import check_fit_args, is_array_like
 from fp16cont.errors import (
-    AlreadyLowPrecisionError,
     DataError,
     PerformanceWarning,
     InvalidArgumentError,
     InvalidSourceError,
     MissingLossError,
+    check_bool,
+    is_int,
 )
 from fp16cont.hardware import detect_device, select_precision
 from fp16cont.reporting.memory import describe_method, peak_memory_growth, start_peak_memory
-from fp16cont.numerics import is_low_float
 from fp16cont.convert.rebuild import build_fp16_model
-from fp16cont.reporting.reports import TrainingResult
-from fp16cont.convert.sources import load_model
+from fp16cont.reporting.results import TrainingResult
+from fp16cont.convert.sources import check_float32_source, load_model
+from fp16cont.optim.carry import private_copy
 from fp16cont.training.train import continue_training
 
-__all__ = ["PRECISIONS", "PrecisionPlan", "resolve_precisions", "copy_for_precision", "compare"]
+__all__ = ["PRECISIONS", "PrecisionPlan", "resolve_precisions", "copy_for_precision", "compare", "seeded"]
 
 PRECISIONS: tuple[str, ...] = ("float32", "auto", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16")
 Pair = tuple[Any, Any]
@@ -155,13 +157,39 @@ def copy_for_precision(model: keras.Model, precision: str | PrecisionPlan) -> ke
     plan = precision if isinstance(precision, PrecisionPlan) else _plan(precision)
     if plan.mode != "float32":
         return build_fp16_model(model, precision=plan.precision, mode=plan.mode)  # type: ignore[arg-type]
-    copy = clone_with_policies(model, lambda layer: None)
-    for target, variable in zip(copy.weights, model.weights):
-        target.assign(np.array(keras.ops.convert_to_numpy(variable.value)))
-    config = model.get_compile_config() if getattr(model, "compiled", False) else None
+    copy = copy_model(model)
+    config = compile_config(model)
     if config:
         copy.compile_from_config(config)
     return copy
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed every global random generator for a block, as ``keras.utils.set_random_seed`` does.
+
+    Python's and NumPy's global generators get their previous state back
+    when the block ends; the backend's global seed (TensorFlow's, Keras'
+    ``SeedGenerator``) cannot be read back, so it stays set to ``seed``.
+
+    Args:
+        seed: A non-negative integer.
+
+    Example:
+        >>> with seeded(0):
+        ...     a = np.random.rand()
+        >>> with seeded(0):
+        ...     b = np.random.rand()
+        >>> a == b
+        True
+    """
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    keras.utils.set_random_seed(int(seed))
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
 def compare(
@@ -177,19 +205,21 @@ def compare(
     loss: Any = None,
     metrics: Sequence[Any] | None = None,
     warmup: bool = True,
+    measure_memory: bool = False,
     verbose: Any = "auto",
 ) -> ComparisonReport:
     """Continue training copies of a float32 model in each precision and compare them.
 
     For every seed and precision, a fresh copy is made from the source's
     weights (:func:`copy_for_precision`), evaluated on the validation data
-    (the starting point), seeded with ``keras.utils.set_random_seed(seed)``
-    and trained with :func:`fp16cont.continue_training`. Peak memory is
-    measured during training only: GPU memory where the backend reports it,
-    else the growth of the process's peak RSS (``resource.getrusage``, with the
-    high-water mark reset before each run where Linux allows it); the
-    report's ``memory_measure`` says which. Weights and optimizer state are
-    reported separately, in bytes.
+    (the starting point), seeded (:func:`seeded`) and trained with
+    :func:`fp16cont.continue_training`. With ``measure_memory=True``, peak
+    memory is measured during training only: GPU memory where the backend
+    reports it, else the growth of the process's peak RSS
+    (``resource.getrusage``, with the high-water mark reset before each run
+    where Linux allows it); the report's ``memory_measure`` says which.
+    Resetting those counters affects the whole process, so it is off unless
+    asked for. Weights and optimizer state are reported separately, in bytes.
 
     The first training in a process pays one-time costs (thread pools,
     kernel caches: about 200 MiB of RSS and seconds of wall time for a
@@ -217,10 +247,12 @@ def compare(
         loss: A loss, or ``None`` for the source's compiled loss.
         metrics: Metrics, or ``None`` for the source's compiled metrics, else ``["accuracy"]``.
         warmup: Train each precision for one unmeasured batch before the runs (see above).
+        measure_memory: Measure each run's peak memory (resets the process's
+            peak-memory counters before each run; see above).
         verbose: Keras' progress bar setting; unless 0, one line per run is printed too.
 
     Returns:
-        A :class:`~fp16cont.reporting.comparison.ComparisonReport`.
+        A :class:`~fp16cont.reporting.results.ComparisonReport`.
 
     Raises:
         InvalidSourceError: If ``model`` is not a model or model file.
@@ -241,22 +273,24 @@ def compare(
     plans = resolve_precisions(precisions)
     seed_list = _check_seeds(seeds)
     _check_training_args(optimizer, loss, metrics, warmup)
+    check_bool("measure_memory", measure_memory, "pass True to measure peak memory")
     (x, y), validation = _check_data(source, train_data, validation_data, batch_size, epochs)
     _check_loss(source, loss)
     metrics = metrics if metrics is not None or _compiled(source, "metrics") else ["accuracy"]
     device = detect_device()
-    settings = _Settings(batch_size, optimizer, loss, metrics, verbose)
+    settings = _Settings(batch_size, optimizer, loss, metrics, verbose, measure_memory)
     talk = verbose not in (0, False)
     runs: list[RunRecord] = []
-    method = "unavailable"
+    method = "off"
     total = len(seed_list) * len(plans)
     with _no_retracing_warnings(), warnings.catch_warnings():  # every copy is a new model: each traces once
         warnings.filterwarnings("ignore", category=PerformanceWarning)  # said once, by resolve_precisions above
         if warmup:
             if talk:
                 print(f"warm-up: one unmeasured batch of {', '.join(p.description for p in plans)}", flush=True)
-            for plan in plans:
-                _warm_up(source, plan, (x, y), validation, settings)
+            with seeded(0):  # the warm-up's shuffling leaves Python's and NumPy's generators as they were
+                for plan in plans:
+                    _warm_up(source, plan, (x, y), validation, settings)
         for seed in seed_list:
             for plan in plans:
                 if talk:
@@ -318,6 +352,7 @@ class _Settings:
     loss: Any
     metrics: Any
     verbose: Any
+    measure_memory: bool = False
 
 
 def _train(
@@ -335,7 +370,7 @@ def _train(
         *train,
         epochs=epochs,
         batch_size=settings.batch_size,
-        optimizer=_fresh(settings.optimizer, keras.optimizers),
+        optimizer=_fresh_optimizer(settings.optimizer),
         loss=settings.loss,
         metrics=_fresh_metrics(settings.metrics),
         validation_data=validation,
@@ -368,11 +403,11 @@ def _run(
     model = copy_for_precision(source, plan)
     initial = _InitialEvaluation(*validation, settings.batch_size) if validation is not None else None
     gc.collect()
-    baseline = start_peak_memory()
-    keras.utils.set_random_seed(seed)
+    baseline = start_peak_memory() if settings.measure_memory else None
     callbacks: list[keras.callbacks.Callback] = [initial] if initial is not None else []
-    result = _train(model, train, validation, epochs, settings, callbacks, settings.verbose, seed)
-    peak = peak_memory_growth(baseline)
+    with seeded(seed):
+        result = _train(model, train, validation, epochs, settings, callbacks, settings.verbose, seed)
+    peak = peak_memory_growth(baseline) if baseline is not None else PeakMemory(None, "off")
     record = _record(plan, seed, result, initial.results if initial is not None else {}, peak.bytes)
     del model, result
     gc.collect()
@@ -442,21 +477,16 @@ def _as_source(model: Any) -> keras.Model:
             f"Received: model of type {type(model).__name__}. Fix: pass the float32 model."
         )
     check_built(source)
-    low = [f"{v.path} ({v.dtype})" for v in source.weights if is_low_float(v.dtype)]
-    if low:
-        raise AlreadyLowPrecisionError(
-            f"Model {source.name!r} already has {len(low)} 16-bit variable(s), e.g. {', '.join(low[:3])}, "
-            "so it cannot be the float32 reference. Fix: pass the float32 model the 16-bit one was built from."
-        )
+    check_float32_source(
+        [v.path for v in source.weights], [v.dtype for v in source.weights],
+        f"Model {source.name!r} (the float32 reference)", "pass the float32 model the 16-bit one was built from.",
+    )
     return source
 
 
 def _check_training_args(optimizer: Any, loss: Any, metrics: Any, warmup: Any) -> None:
     """Check ``optimizer``, ``loss``, ``metrics`` and ``warmup`` before any copy is built or trained."""
-    if not isinstance(warmup, bool):
-        raise InvalidArgumentError(
-            f"Argument `warmup` should be True or False. Received: warmup={warmup!r}. Fix: leave it True."
-        )
+    check_bool("warmup", warmup, "leave it True")
     if metrics is not None and not isinstance(metrics, (list, tuple, Mapping)):
         raise InvalidArgumentError(
             f"Argument `metrics` should be a list, tuple or dict of metrics, or None. Received: "
@@ -468,7 +498,7 @@ def _check_training_args(optimizer: Any, loss: Any, metrics: Any, warmup: Any) -
         if value is None:
             continue
         try:
-            ok = module.get(_fresh(value, keras.optimizers) if name == "optimizer" else value) is not None
+            ok = module.get(value) is not None  # returns an instance as it is: nothing is built or changed
         except (ValueError, TypeError, KeyError, AttributeError) as err:
             ok, detail = False, f" ({type(err).__name__}: {err})"
         else:
@@ -486,7 +516,7 @@ def _check_seeds(seeds: object) -> tuple[int, ...]:
         result = tuple(values)  # type: ignore[arg-type]
     except TypeError:
         result = ()
-    if not result or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0 for s in result):
+    if not result or any(not is_int(s) or s < 0 for s in result):
         raise InvalidArgumentError(
             "Argument `seeds` should be a non-empty sequence of non-negative integers. "
             f"Received: seeds={seeds!r}. Fix: pass e.g. seeds=(0,) or seeds=(0, 1, 2)."
@@ -551,8 +581,7 @@ def _shape(shape: tuple[Any, ...]) -> str:
 
 
 def _compiled(model: keras.Model, key: str) -> Any:
-    config = model.get_compile_config() if getattr(model, "compiled", False) else None
-    return (config or {}).get(key)
+    return compile_config(model).get(key)
 
 
 def _check_loss(source: keras.Model, loss: Any) -> None:
@@ -564,17 +593,17 @@ def _check_loss(source: keras.Model, loss: Any) -> None:
         )
 
 
-def _fresh(obj: Any, module: Any) -> Any:
-    """A new instance with the same config for stateful Keras objects; anything else as is."""
-    base = module.Optimizer if module is keras.optimizers else module.Metric
-    if isinstance(obj, base):
-        return module.deserialize(module.serialize(obj))
-    return obj
+def _fresh_optimizer(optimizer: Any) -> Any:
+    """Each run trains its own optimizer: a copy from the config of an instance (names and configs as they are)."""
+    return private_copy(optimizer) if isinstance(optimizer, keras.optimizers.Optimizer) else optimizer
 
 
 def _fresh_metrics(metrics: Any) -> Any:
+    """Metrics hold state: each run gets new instances made from their configs."""
     if isinstance(metrics, Mapping):
         return {k: _fresh_metrics(v) for k, v in metrics.items()}
     if isinstance(metrics, (list, tuple)):
         return type(metrics)(_fresh_metrics(m) for m in metrics)
-    return _fresh(metrics, keras.metrics)
+    if isinstance(metrics, keras.metrics.Metric):
+        return keras.metrics.deserialize(keras.metrics.serialize(metrics))
+    return metrics

@@ -30,12 +30,12 @@ Example:
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 
 from fp16cont.hardware import detect_device
+from fp16cont.reporting.results import MemoryBaseline, PeakMemory
 
 __all__ = ["METHODS", "MemoryBaseline", "PeakMemory", "start_peak_memory", "peak_memory_growth", "describe_method"]
 
@@ -50,37 +50,8 @@ METHODS: dict[str, str] = {
     "rss": "growth of the process's lifetime peak resident set size (resource.getrusage) during "
     "training: a run that stays below an earlier peak of the process reads 0",
     "unavailable": "no memory measurement on this platform",
+    "off": "not measured (compare(..., measure_memory=True) measures it)",
 }
-
-
-@dataclass(frozen=True)
-class MemoryBaseline:
-    """Where a measurement started.
-
-    Attributes:
-        method: A key of :data:`METHODS`.
-        start_bytes: Bytes in use (GPU), or the peak RSS right after the reset
-            (``"rss-reset"``) or before the work (``"rss"``).
-        start_peak_bytes: The backend's peak counter at the start (``"jax-gpu"``).
-    """
-
-    method: str
-    start_bytes: int
-    start_peak_bytes: int = 0
-
-
-@dataclass(frozen=True)
-class PeakMemory:
-    """The result of a measurement.
-
-    Attributes:
-        bytes: Peak growth in bytes, or ``None`` when nothing could be measured.
-        method: A key of :data:`METHODS`; ``describe_method(method)`` says what
-            the number means.
-    """
-
-    bytes: int | None
-    method: str
 
 
 def start_peak_memory() -> MemoryBaseline:

@@ -1,4 +1,4 @@
-"""Draw a :class:`~fp16cont.reporting.comparison.ComparisonReport`: accuracy and time curves side by side.
+"""Draw a :class:`~fp16cont.reporting.results.ComparisonReport`: accuracy and time curves side by side.
 
 matplotlib is optional (``pip install 'fp16cont[plot]'``) and imported only
 here, only when a plot is asked for. The figure is drawn on its own
@@ -22,7 +22,7 @@ import numpy as np
 from fp16cont.errors import InvalidArgumentError, MissingDependencyError
 
 if TYPE_CHECKING:
-    from fp16cont.reporting.comparison import ComparisonReport, RunRecord
+    from fp16cont.reporting.results import ComparisonReport, RunRecord
 
 __all__ = ["plot_available", "plot_comparison"]
 

@@ -11,78 +11,18 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import keras
 
-from fp16cont.convert.architecture import clone_with_policies
-from fp16cont.optim.carry import private_copy
+from fp16cont.convert.architecture import compile_config, copy_model
+from fp16cont.optim.carry import innermost_optimizer, private_copy
 from fp16cont.optim.compensation import CompensatedOptimizer, Compensation, find_compensated
 from fp16cont.errors import InvalidArgumentError
 from fp16cont.optim.loss_scale import DynamicLossScale
-from fp16cont.convert.sources import variable_arrays
-from fp16cont.reporting.tables import render_table
+from fp16cont.reporting.results import LayerStagnation, StagnationReport
 
 __all__ = ["LayerStagnation", "StagnationReport", "stagnation_report", "stagnation_audit", "StagnationMonitor"]
-
-
-@dataclass(frozen=True)
-class LayerStagnation:
-    """One layer's share of cancelled updates in one step.
-
-    Attributes:
-        layer: The layer's path.
-        intended: Values whose float32 update was non-zero.
-        cancelled: Of those, values whose 16-bit weight did not change.
-        lost: Of those, values whose update is kept nowhere.
-    """
-
-    layer: str
-    intended: int
-    cancelled: int
-    lost: int
-
-    @property
-    def cancelled_share(self) -> float:
-        """``cancelled / intended`` (0 when nothing moved)."""
-        return self.cancelled / self.intended if self.intended else 0.0
-
-    @property
-    def lost_share(self) -> float:
-        """``lost / intended`` (0 when nothing moved)."""
-        return self.lost / self.intended if self.intended else 0.0
-
-
-@dataclass(frozen=True)
-class StagnationReport:
-    """Per-layer cancelled and lost updates of the last training step.
-
-    Attributes:
-        compensation: The compensation in effect.
-        layers: One :class:`LayerStagnation` per layer with 16-bit variables.
-    """
-
-    compensation: str
-    layers: tuple[LayerStagnation, ...]
-
-    @property
-    def cancelled_share(self) -> float:
-        """Share of non-zero updates whose 16-bit weight did not move."""
-        intended = sum(l.intended for l in self.layers)
-        return sum(l.cancelled for l in self.layers) / intended if intended else 0.0
-
-    @property
-    def lost_share(self) -> float:
-        """Share of non-zero updates kept nowhere."""
-        intended = sum(l.intended for l in self.layers)
-        return sum(l.lost for l in self.layers) / intended if intended else 0.0
-
-    def summary(self) -> str:
-        """A table, one row per layer, then the totals."""
-        rows = [[l.layer, l.intended, f"{l.cancelled_share:.1%}", f"{l.lost_share:.1%}"] for l in self.layers]
-        rows.append(["TOTAL", sum(l.intended for l in self.layers), f"{self.cancelled_share:.1%}", f"{self.lost_share:.1%}"])
-        return render_table(["layer", "updates", "cancelled", "lost"], rows) + f"\ncompensation: {self.compensation}"
 
 
 def stagnation_report(optimizer: Any) -> StagnationReport | None:
@@ -98,8 +38,12 @@ def stagnation_report(optimizer: Any) -> StagnationReport | None:
     compensated = find_compensated(optimizer)
     if compensated is None or not compensated.built or not compensated.track_updates:
         return None
+    return _read_counts(compensated)
+
+
+def _read_counts(compensated: CompensatedOptimizer) -> StagnationReport:
     layers: dict[str, list[int]] = {}
-    for (path, intended, cancelled, lost), low in zip(compensated.update_counts(), compensated._low):
+    for (path, intended, cancelled, lost), low in zip(compensated.update_counts(), compensated.sixteen_bit):
         if not low:
             continue
         totals = layers.setdefault(path.rsplit("/", 1)[0], [0, 0, 0])
@@ -140,23 +84,19 @@ def stagnation_audit(
     Raises:
         InvalidArgumentError: If no loss is known.
     """
-    base = find_compensated(optimizer) or optimizer or getattr(model, "optimizer", None)
-    base = getattr(find_compensated(base), "inner_optimizer", base)
-    base = getattr(base, "inner_optimizer", base) if isinstance(base, keras.optimizers.LossScaleOptimizer) else base
+    base = innermost_optimizer(optimizer if optimizer is not None else getattr(model, "optimizer", None))
     fresh = private_copy(base) if base is not None else keras.optimizers.SGD(0.01)  # its config, not its state
-    loss = loss if loss is not None else (model.get_compile_config() or {}).get("loss") if getattr(model, "compiled", False) else loss
+    loss = loss if loss is not None else compile_config(model).get("loss")
     if loss is None:
         raise InvalidArgumentError("stagnation_audit needs a loss. Fix: pass loss=..., e.g. 'sparse_categorical_crossentropy'.")
-    clone = clone_with_policies(model, lambda layer: layer.dtype_policy.name)
-    clone.set_weights(variable_arrays(model))
-    wrapped: Any = CompensatedOptimizer(fresh, compensation, track_updates=True)
+    clone = copy_model(model, lambda layer: layer.dtype_policy.name)
+    wrapped: keras.optimizers.Optimizer = CompensatedOptimizer(fresh, compensation, track_updates=True)
     if any(str(v.dtype) == "float16" for v in clone.trainable_weights):
         wrapped = DynamicLossScale(wrapped)
     clone.compile(wrapped, keras.saving.deserialize_keras_object(loss) if isinstance(loss, dict) else loss)
     clone.train_on_batch(x[:batch_size], y[:batch_size])
-    report = stagnation_report(clone.optimizer)
-    assert report is not None
-    return report
+    report = stagnation_report(clone.optimizer)  # built and tracking: never None here
+    return report if report is not None else StagnationReport(compensation, ())
 
 
 class StagnationMonitor(keras.callbacks.Callback):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -155,7 +156,22 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self.keep = keep
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        save_checkpoint(self.model, self.directory, epoch + 1, self.keep)
+        jax = sys.modules.get("jax") if keras.backend.backend() == "jax" else None
+        if jax is None or jax.process_count() == 1:
+            save_checkpoint(self.model, self.directory, epoch + 1, self.keep)
+            return
+        # several JAX processes hold the same replicated state: process 0 writes it, outside the distribution
+        # (Keras' saving makes scratch variables, which a multi-process distribution turns into collectives)
+        if jax.process_index() == 0:
+            distribution = keras.distribution.distribution()
+            keras.distribution.set_distribution(None)
+            try:
+                save_checkpoint(self.model, self.directory, epoch + 1, self.keep)
+            finally:
+                keras.distribution.set_distribution(distribution)
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"fp16cont checkpoint {epoch + 1}")  # all see it before going on
 
 
 def _save_optimizer(model: keras.Model, path: Path) -> None:

@@ -22,24 +22,11 @@ import keras
 
 from fp16cont.training.engine import Engine, Resident, upload
 from fp16cont.errors import InvalidArgumentError
+from fp16cont.reporting.results import DeviceFitResult
 
 __all__ = ["device_fit", "DeviceFitResult", "upload", "DEFAULT_STEPS_PER_EXECUTION"]
 
 DEFAULT_STEPS_PER_EXECUTION = 32
-
-
-class DeviceFitResult(NamedTuple):
-    """What :func:`device_fit` returns; unpacks as ``history, epoch_seconds``.
-
-    Attributes:
-        history: Per-epoch logs, as ``fit(...).history``: ``{"loss": [...],
-            "accuracy": [...], ...}``, plus ``"loss_scale"`` and
-            ``"skipped_steps"`` when the optimizer scales the loss.
-        epoch_seconds: Wall seconds of each epoch; the first includes compilation.
-    """
-
-    history: dict[str, list[float]]
-    epoch_seconds: list[float]
 
 
 def device_fit(

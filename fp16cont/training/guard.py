@@ -17,29 +17,9 @@ import numpy as np
 from fp16cont.errors import TrainingDivergedError
 from fp16cont.optim.loss_scale import find_loss_scale
 from fp16cont.convert.sources import to_numpy
+from fp16cont.reporting.results import GuardEvent
 
 __all__ = ["NonFiniteGuard", "GuardEvent"]
-
-
-@dataclass(frozen=True)
-class GuardEvent:
-    """One non-finite event the guard handled.
-
-    Attributes:
-        epoch: Zero-based epoch.
-        batch: Zero-based batch within the epoch (-1: found at the epoch's end,
-            when a NaN reached the weights but not the loss).
-        action: ``"rollback"`` (weights restored) or ``"skipped"`` (the loss
-            scale optimizer already skipped the step; weights were finite).
-        learning_rate: The learning rate after the event.
-        loss_scale: The loss scale after the event, when loss scaling is on.
-    """
-
-    epoch: int
-    batch: int
-    action: str
-    learning_rate: float | None
-    loss_scale: float | None
 
 
 class NonFiniteGuard(keras.callbacks.Callback):

@@ -21,9 +21,9 @@ from typing import Any, Literal, Union
 import keras
 import numpy as np
 
-from fp16cont.convert.architecture import check_built
+from fp16cont.convert.architecture import check_built, compile_config
 from fp16cont.training.callbacks import EpochTimer, LossScaleLogger
-from fp16cont.optim.carry import carry_optimizer_state, innermost_optimizer, made_from
+from fp16cont.optim.carry import carry_optimizer_state, innermost_optimizer, made_from, private_copy
 from fp16cont.training.checkpoint import TrainingCheckpoint, load_checkpoint
 from fp16cont.optim.compensation import COMPENSATIONS, CompensatedOptimizer, Compensation, SlotDtype, default_compensation, find_compensated
 from fp16cont.training.guard import NonFiniteGuard
@@ -462,12 +462,12 @@ def _base_optimizer(optimizer: Any, current: Any) -> keras.optimizers.Optimizer:
         base = current
     if find_compensated(base) is not None or isinstance(base, keras.optimizers.LossScaleOptimizer):
         inner = innermost_optimizer(base)
-        return inner.__class__.from_config(inner.get_config())  # a fresh, un-instrumented copy
+        return private_copy(inner)  # a fresh copy from its config (schedules included)
     return base
 
 
 def _compile_kwargs(model: keras.Model) -> dict[str, Any]:
-    config = model.get_compile_config()
+    config = compile_config(model)
     if not config:
         return {}
     kwargs = dict(keras.saving.deserialize_keras_object(config))
@@ -511,8 +511,7 @@ def _guard(nan_guard: Any) -> NonFiniteGuard | None:
 def _loss_name(model: keras.Model, loss: Any) -> Any:
     if loss is not None:
         return loss
-    config = model.get_compile_config() if getattr(model, "compiled", False) else {}
-    return (config or {}).get("loss")
+    return compile_config(model).get("loss")
 
 
 def _read_int(variable: Any) -> int:

@@ -13,6 +13,7 @@ from fp16cont.errors import (
     InvalidArgumentError,
     InvalidSourceError,
     NonFiniteWeightsError,
+    SourceFileNotFoundError,
     WeightOverflowError,
 )
 from fp16cont.convert.quantize import audit_cast
@@ -147,7 +148,7 @@ def test_legacy_h5_model_file(tmp_path, digits):
     "source,error",
     [
         (42, InvalidSourceError),
-        ("does/not/exist.keras", InvalidSourceError),
+        ("does/not/exist.keras", SourceFileNotFoundError),
         ([np.ones(2, np.float16)], AlreadyLowPrecisionError),
     ],
 )

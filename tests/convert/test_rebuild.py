@@ -12,19 +12,24 @@ from fp16cont.errors import (
     RebuildError,
     WeightMismatchError,
 )
+from fp16cont._keras_compat import flatten_layers
 from fp16cont.numerics import is_low_float
 from fp16cont.convert.verify import probe_batch
 from tests.conftest import MODEL_BUILDERS, snapshot, to_input, unrebuildable_model
 
 
 def island_layer_names(model):
-    return {p.split("/")[-1] for p, pol in model.fp16cont_report.layer_policies if pol != "bfloat16"}
+    return {p.split("/")[-1] for p, pol in fp16cont.inspect(model).layer_policies if pol != "bfloat16"}
 
 
 def test_every_model_kind_rebuilds_in_pure_bfloat16(trained_model, digits):
     before = snapshot(trained_model)
-    model16 = fp16cont.build_fp16_model(trained_model, precision="bfloat16")
-    report = model16.fp16cont_report
+    model16, report = fp16cont.build_fp16_model(trained_model, precision="bfloat16", return_report=True)
+    assert not hasattr(model16, "fp16cont_report")  # results are values, never attached
+    seen = fp16cont.inspect(model16)  # the same facts, read back from the model
+    assert (seen.precision, seen.mode, seen.layer_policies, seen.float32_variables, seen.dtype_mix) == (
+        report.precision, report.mode, report.layer_policies, report.float32_variables, report.dtype_mix)
+    assert [(p, pol) for p, pol, _ in seen.islands] == [(p, pol) for p, pol, _ in report.islands]
     declared = set(report.float32_variables)
     for v in model16.variables:
         if "float" not in str(v.dtype):
@@ -34,7 +39,7 @@ def test_every_model_kind_rebuilds_in_pure_bfloat16(trained_model, digits):
         else:
             assert v.dtype == "bfloat16", v.path
     # islands are only normalization and output layers
-    for layer in model16._flatten_layers(include_self=False):
+    for layer in flatten_layers(model16):
         if layer.weights and any(v.path in declared for v in layer.weights):
             is_norm = isinstance(layer, (keras.layers.BatchNormalization, keras.layers.LayerNormalization))
             assert is_norm or layer.dtype_policy.name == "float32"
@@ -63,7 +68,7 @@ def test_sixteen_bit_variables_hold_the_quantized_values(trained_model):
 def test_islands_batchnorm_mixed_and_output_float32():
     model = MODEL_BUILDERS["functional"]()
     model16 = fp16cont.build_fp16_model(model, precision="bfloat16")
-    policies = {p: pol for p, pol in model16.fp16cont_report.layer_policies}
+    policies = {p: pol for p, pol in fp16cont.inspect(model16).layer_policies}
     bn = model16.get_layer(model.layers[2].name)
     assert isinstance(bn, keras.layers.BatchNormalization)
     assert bn.dtype_policy.name == "mixed_bfloat16"
@@ -77,7 +82,7 @@ def test_islands_batchnorm_mixed_and_output_float32():
 def test_islands_are_configurable_by_class_and_pattern():
     model = MODEL_BUILDERS["functional"]()
     none = fp16cont.build_fp16_model(model, precision="bfloat16", keep_float32=None)
-    assert none.fp16cont_report.float32_variables == ()
+    assert fp16cont.inspect(none).float32_variables == ()
     custom = fp16cont.build_fp16_model(model, precision="bfloat16", keep_float32=(keras.layers.Conv2D, "prob*"))
     assert all(l.dtype_policy.name == "float32" for l in custom.layers if isinstance(l, keras.layers.Conv2D))
     assert custom.get_layer("probs").dtype_policy.name == "float32"
@@ -90,7 +95,7 @@ def test_islands_are_configurable_by_class_and_pattern():
 def test_mixed_mode_keeps_float32_variables_and_16bit_compute(trained_model):
     model = fp16cont.build_fp16_model(trained_model, precision="bfloat16", mode="mixed")
     assert all(v.dtype in ("float32", "int64", "int32", "uint32") or "int" in str(v.dtype) for v in model.weights)
-    body = [l for l in model._flatten_layers(include_self=False) if l.weights]
+    body = [l for l in flatten_layers(model) if l.weights]
     assert any(l.dtype_policy.name == "mixed_bfloat16" for l in body)
     for new, old in zip(model.weights, trained_model.weights):
         assert np.array_equal(keras.ops.convert_to_numpy(new.value), keras.ops.convert_to_numpy(old.value))
@@ -181,8 +186,8 @@ def test_verification_raises_on_float16_activation_overflow():
                               keras.layers.Dense(2)])
     with pytest.raises(NonFiniteOutputError, match="bfloat16"):
         fp16cont.build_fp16_model(model, precision="float16", keep_float32=None)
-    model16 = fp16cont.build_fp16_model(model, precision="bfloat16", keep_float32=None)
-    assert np.isfinite(model16.fp16cont_report.verification.max_abs_diff)
+    _, report = fp16cont.build_fp16_model(model, precision="bfloat16", keep_float32=None, return_report=True)
+    assert np.isfinite(report.verification.max_abs_diff)
 
 
 def test_keep_float32_weights_from_a_file_fit_the_in_memory_model(tmp_path):
@@ -244,11 +249,10 @@ def wrapper_model():
 def test_wrapper_layers_and_default_rnn_initializers_rebuild_in_16bit():
     model = wrapper_model()
     before = snapshot(model)
-    model16 = fp16cont.build_fp16_model(model, precision="bfloat16")
+    model16, report = fp16cont.build_fp16_model(model, precision="bfloat16", return_report=True)
     head = {v.path for v in model16.get_layer("head").weights}
     for v in model16.weights:
         assert str(v.dtype) == ("float32" if v.path in head else "bfloat16"), v.path
-    report = model16.fp16cont_report
     assert dict((d, n) for d, _, n, _ in report.dtype_mix) == values_by_dtype(model16)
     assert report.sixteen_bit_share > 0.9
     assert [(p.split("/")[-1], why) for p, _, why in report.islands] == [("head", "output layer")]
@@ -258,12 +262,13 @@ def test_wrapper_layers_and_default_rnn_initializers_rebuild_in_16bit():
 
 def test_islands_by_path_pattern_inside_wrappers():
     model = wrapper_model()
-    model16 = fp16cont.build_fp16_model(model, precision="bfloat16", keep_float32=("*forward_lstm*",))
+    model16, report = fp16cont.build_fp16_model(model, precision="bfloat16", keep_float32=("*forward_lstm*",),
+                                                return_report=True)
     forward = [v for v in model16.weights if "forward_lstm" in v.path]
     backward = [v for v in model16.weights if "backward_lstm" in v.path]
     assert forward and all(v.dtype == "float32" for v in forward)
     assert backward and all(v.dtype == "bfloat16" for v in backward)
-    assert any("forward_lstm" in p and "pattern" in why for p, _, why in model16.fp16cont_report.islands)
+    assert any("forward_lstm" in p and "pattern" in why for p, _, why in report.islands)
 
 
 def test_a_layer_that_fixes_float32_is_a_typed_error_naming_it_and_the_fix():
@@ -271,9 +276,10 @@ def test_a_layer_that_fixes_float32_is_a_typed_error_naming_it_and_the_fix():
                               keras.layers.Dense(2)])
     with pytest.raises(RebuildError, match=r"fixed.*keep_float32=\(\.\.\., 'fixed'\)"):
         fp16cont.build_fp16_model(model, precision="bfloat16")
-    model16 = fp16cont.build_fp16_model(model, precision="bfloat16", keep_float32=("output", "fixed"))
+    model16, report = fp16cont.build_fp16_model(model, precision="bfloat16", keep_float32=("output", "fixed"),
+                                                return_report=True)
     assert model16.get_layer("fixed").scale.dtype == "float32"
-    assert ("fixed", "float32", "keep_float32 pattern 'fixed'") in model16.fp16cont_report.islands
+    assert ("fixed", "float32", "keep_float32 pattern 'fixed'") in report.islands
 
 
 def test_integer_variables_and_layers_already_mixed():
@@ -290,9 +296,10 @@ def test_a_mostly_float32_result_warns_and_says_so():
     model = MODEL_BUILDERS["sequential"]()
     with pytest.warns(UserWarning, match=r"Only 5% .* bfloat16; the rest stay float32 .*dense.*Fix:"):
         model16 = fp16cont.build_fp16_model(model, precision="bfloat16", keep_float32=("dense*", "output"))
-    share = model16.fp16cont_report.sixteen_bit_share
+    report = fp16cont.inspect(model16)
+    share = report.sixteen_bit_share
     assert share == values_by_dtype(model16)["bfloat16"] / sum(values_by_dtype(model16).values()) < 0.5
-    assert f"{share:.1%} of floating-point values stored in 16-bit" in model16.fp16cont_report.summary()
+    assert f"{share:.1%} of floating-point values stored in 16-bit" in report.summary()
 
 
 def test_dict_inputs_and_integer_tokens_are_verified():
@@ -304,5 +311,5 @@ def test_dict_inputs_and_integer_tokens_are_verified():
     batch = probe_batch(model, rows=4)
     assert set(batch) == {"token_ids", "padding_mask"}
     assert batch["token_ids"].max() < 2 and (batch["padding_mask"] == 1).all()
-    model16 = fp16cont.build_fp16_model(model, precision="bfloat16")
-    assert model16.fp16cont_report.verification.max_abs_diff < 0.05
+    _, report = fp16cont.build_fp16_model(model, precision="bfloat16", return_report=True)
+    assert report.verification.max_abs_diff < 0.05

@@ -1,7 +1,6 @@
 """Optimizer state (momentum, moments, iterations) carries over from the float32 source."""
 
 import keras
-import numpy as np
 import pytest
 
 import fp16cont

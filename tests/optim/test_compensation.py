@@ -181,73 +181,13 @@ def test_default_compensation_by_precision():
     assert default_compensation("float32") is None
 
 
-_PATCHABLE = ("update_step", "assign", "assign_add", "assign_sub", "add_variable_from_reference",
-              "_get_variable_index", "_apply_weight_decay")
-_OPTIMIZERS = {
-    "sgd": lambda: keras.optimizers.SGD(0.01, momentum=0.9),
-    "adam": lambda: keras.optimizers.Adam(1e-3),
-    "adamw": lambda: keras.optimizers.AdamW(1e-3, weight_decay=0.01),
-}
-
-
-def _fingerprint(optimizer):
-    """Everything a wrapper must leave unchanged on the optimizer it is given."""
-    return {
-        "attributes": sorted(vars(optimizer)),
-        "instance_overrides": [name for name in _PATCHABLE if name in vars(optimizer)],
-        "methods": [getattr(optimizer, name).__func__ is getattr(type(optimizer), name) for name in _PATCHABLE],
-        "built": optimizer.built,
-        "config": repr(optimizer.get_config()),
-        "values": [np.array(keras.ops.convert_to_numpy(v.value)).tobytes() for v in optimizer.variables],
-    }
-
-
-@pytest.mark.parametrize("built", [False, True], ids=["unbuilt", "built"])
-@pytest.mark.parametrize("name", sorted(_OPTIMIZERS))
-def test_the_callers_optimizer_is_never_changed(name, built, digits):
-    (x, y), _ = digits
-    keras.utils.set_random_seed(0)
-    source = keras.Sequential([keras.Input((64,)), keras.layers.Dense(16, activation="relu"),
-                               keras.layers.Dense(10, activation="softmax")])
-    model = fp16cont.build_fp16_model(source, precision="bfloat16", keep_float32=None, verify=False)
-    user = _OPTIMIZERS[name]()
-    if built:  # the user trained the 16-bit model with it already
-        model.compile(user, "sparse_categorical_crossentropy")
-        model.fit(x[:128], y[:128], batch_size=64, verbose=0)
-    before = _fingerprint(user)
-    assert before["methods"] == [True] * len(_PATCHABLE) and not before["instance_overrides"]
-    start = int(user.iterations.numpy()) if built else 0
-    fp16cont.continue_training(model, x[:256], y[:256], batch_size=64, optimizer=user,
-                               loss="sparse_categorical_crossentropy", compensation="stochastic", verbose=0)
-    assert _fingerprint(user) == before
-    inner = model.optimizer.inner_optimizer
-    assert inner is not user and type(inner) is type(user)
-    assert int(inner.iterations.numpy()) == start + 4  # the copy started from the user's state
-    # what ReduceLROnPlateau does reaches the private copy through the chain
-    model.optimizer.learning_rate = 0.125
-    assert float(keras.ops.convert_to_numpy(inner.learning_rate)) == 0.125
-    assert _fingerprint(user) == before
-
-
-def test_loss_scaled_float16_chain_leaves_the_callers_optimizer_unchanged(digits):
-    (x, y), _ = digits
-    keras.utils.set_random_seed(0)
-    source = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10, activation="softmax")])
-    model = fp16cont.build_fp16_model(source, precision="float16", keep_float32=None, verify=False)
-    user = keras.optimizers.Adam(1e-3)
-    before = _fingerprint(user)
-    fp16cont.continue_training(model, x[:128], y[:128], batch_size=64, optimizer=user,
-                               loss="sparse_categorical_crossentropy", compensation="stochastic", verbose=0)
-    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-    assert _fingerprint(user) == before
-    # the wrappers used on their own do not change what they are given either
-    for wrap in (lambda o: fp16cont.optim.loss_scale.DynamicLossScale(o), lambda o: CompensatedOptimizer(o, "kahan")):
-        given = keras.optimizers.SGD(0.01, momentum=0.9)
-        given_before = _fingerprint(given)
-        wrapped = wrap(given)
-        variable = keras.Variable(np.ones(3, np.float32), dtype="float16")
-        wrapped.build([variable])
-        assert _fingerprint(given) == given_before
+def test_the_learning_rate_set_on_the_chain_reaches_its_private_copy_only():
+    # what ReduceLROnPlateau does; tests/test_no_mutation.py checks every attribute of the given optimizer
+    given = keras.optimizers.SGD(0.01)
+    opt = CompensatedOptimizer(given, "stochastic")
+    opt.learning_rate = 0.125
+    assert float(keras.ops.convert_to_numpy(opt.inner_optimizer.learning_rate)) == 0.125
+    assert float(keras.ops.convert_to_numpy(given.learning_rate)) == pytest.approx(0.01)
 
 
 def test_an_optimizer_built_for_other_variables_is_refused():

@@ -8,7 +8,7 @@ import pytest
 
 import fp16cont
 from fp16cont.reporting.compare import PRECISIONS, compare, copy_for_precision, resolve_precisions
-from fp16cont.reporting.comparison import ComparisonReport, EpochRecord, RunRecord
+from fp16cont.reporting.results import ComparisonReport, EpochRecord, RunRecord
 from fp16cont.errors import (
     AlreadyLowPrecisionError,
     DataError,
@@ -238,7 +238,7 @@ def test_bad_seeds(source, digits, seeds):
 
 def test_legend_explains_a_16bit_rss_growth_above_float32():
     """On a CPU the 16-bit run may grow RSS more (one-time costs) though its bytes are half: the legend says why."""
-    from fp16cont.reporting.comparison import ComparisonReport, EpochRecord, RunRecord
+    from fp16cont.reporting.results import ComparisonReport, EpochRecord, RunRecord
 
     epoch = EpochRecord(1, 0.5, 0.9, 0.6, 0.88, 2.0, 500.0)
     runs = (RunRecord("float32", "float32", 0, (epoch,), 0.7, 0.8, 2048, 2048, 3 * 2**20, None),
