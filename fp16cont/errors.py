@@ -37,10 +37,7 @@ __all__ = [
     "LossScaleFloorError",
     "TrainingDivergedError",
     "PerformanceWarning",
-    "is_int",
-    "check_int",
-    "check_bool",
-]
+]  # and the argument checks that raise them: is_int, check_int, check_bool
 
 
 class Fp16ContError(Exception):

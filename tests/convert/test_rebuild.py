@@ -154,7 +154,7 @@ def test_unrebuildable_subclassed_model_names_get_config():
 def test_unbuilt_and_wrong_inputs():
     with pytest.raises(ModelNotBuiltError, match="input shape"):
         fp16cont.build_fp16_model(keras.Sequential([keras.layers.Dense(2)]), precision="bfloat16")
-    with pytest.raises(InvalidSourceError):
+    with pytest.raises(fp16cont.SourceFileNotFoundError, match="No file"):
         fp16cont.build_fp16_model("nope.keras")
     with pytest.raises(InvalidSourceError):
         fp16cont.build_fp16_model(object())
