@@ -191,6 +191,8 @@ def clone_with_policies(model: keras.Model, policy_of: PolicyFn) -> keras.Model:
         >>> clone_with_policies(m, lambda layer: "float16").layers[0].kernel.dtype
         'float16'
     """
+    from fp16cont.convert.lora import copy_lora  # here: lora walks layers with this module
+
     check_built(model)
     config = _serialize(model)
     build_config = config.pop("build_config", None)
@@ -200,6 +202,7 @@ def clone_with_policies(model: keras.Model, policy_of: PolicyFn) -> keras.Model:
     if all(p is None for p in planned.values()):
         clone = _deserialize(model, config)
         _build_like(clone, model, build_config)
+        copy_lora(model, clone)
         _check_same_variables(model, clone)
         return clone
     main = _main_policy(planned)
@@ -213,6 +216,7 @@ def clone_with_policies(model: keras.Model, policy_of: PolicyFn) -> keras.Model:
     finally:
         keras.config.set_dtype_policy(previous)
     _restore_initializers(clone)
+    copy_lora(model, clone)  # a config keeps no LoRA adapters nor frozen flags
     _check_same_variables(model, clone)
     _settle_policies(clone)
     return clone

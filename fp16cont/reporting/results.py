@@ -469,6 +469,7 @@ class TrainingResult:
             ``"resident"`` or ``"streamed"``); ``engine_reason`` says why.
         initial_epoch: Epochs already done when this run started (resumed
             from ``checkpoint_dir``).
+        lora: For a LoRA model, what trains and what is frozen, in which dtype.
     """
 
     model: keras.Model = field(repr=False)
@@ -490,6 +491,7 @@ class TrainingResult:
     initial_epoch: int = 0
     engine: str = "fit"
     engine_reason: str = ""
+    lora: str | None = None
 
     @property
     def bytes_per_parameter(self) -> float:
@@ -517,7 +519,7 @@ class TrainingResult:
             f"{table}\ntrained in {_trains_in(self.precision)}\n"
             f"bytes of variables: weights {format_bytes(self.weight_bytes)}, optimizer state "
             f"{format_bytes(self.optimizer_bytes)}; {self.wall_seconds:.1f} s{scale}"
-        )
+        ) + (f"\n{self.lora}" if self.lora else "")
 
 
 def _trains_in(precision: str) -> str:

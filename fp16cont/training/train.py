@@ -34,6 +34,7 @@ from fp16cont.training.engine import Engine, Resident, as_engine, choose_engine,
 from fp16cont.training.tf_engine import fit_compiled
 from fp16cont.errors import InvalidArgumentError, InvalidSourceError, MissingLossError
 from fp16cont.convert.rebuild import float_precision, weight_bytes
+from fp16cont.convert.lora import prepare_lora
 from fp16cont.convert.sources import to_numpy
 from fp16cont.reporting.results import TrainingResult
 
@@ -68,6 +69,7 @@ def continue_training(
     checkpoint_dir: str | os.PathLike[str] | None = None,
     engine: str | Engine = "auto",
     check_finite: bool = True,
+    lora_precision: str = "auto",
     **fit_kwargs: Any,
 ) -> TrainingResult:
     """Train ``model`` further, like ``model.fit``, and report what happened.
@@ -135,6 +137,13 @@ def continue_training(
         check_finite: Scan array inputs and targets for NaN/Inf before
             training and raise ``DataError`` naming the rows; ``False`` for
             data that holds NaN on purpose.
+        lora_precision: For models with LoRA enabled (``backbone.enable_lora(r)``,
+            before or after :func:`build_fp16_model`): ``"auto"`` trains the
+            adapters in their layer's dtype (16-bit in a pure 16-bit model, with
+            ``compensation``: pure LoRA); ``"float32"`` keeps float32 adapters on
+            the frozen 16-bit layers (mixed-precision LoRA). Only the adapters of
+            the LoRA layers train (their biases are frozen); the result's
+            ``lora`` says what trains in which dtype.
         **fit_kwargs: Further ``fit`` arguments (``shuffle``,
             ``class_weight``, ``sample_weight``, ``validation_split``,
             ``steps_per_epoch``, ...); any the engine does not handle itself
@@ -167,6 +176,7 @@ def continue_training(
     view_x, view_y = (d.arrays if isinstance(d, Resident) else d for d in (x, y))  # what the checks can read
     check_fit_args(view_x, view_y, batch_size, epochs)
     options = as_engine(engine)
+    lora = prepare_lora(model, lora_precision)  # the adapters' dtype, before the optimizer sees them
     precision = float_precision(model)
     check_fits_model(model, view_x, view_y, _loss_name(model, loss), validation_data, check_finite=check_finite)  # before the model is recompiled
     plan = prepare_optimizer(
@@ -242,6 +252,7 @@ def continue_training(
         initial_epoch=fit_args.get("initial_epoch", 0),
         engine=choice.mode,
         engine_reason=choice.reason,
+        lora=lora.describe() if lora is not None else None,
     )
 
 
