@@ -390,6 +390,14 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
         inner.assign_sub = writer(ops.subtract, cls.assign_sub.__get__(inner))
         inner.add_variable_from_reference = add_slot
         compat.route_weight_decay(inner, weight_decay)
+        parallel = compat.torch_parallel_update(inner)
+        if parallel is not None and keras.backend.backend() == "torch":
+            # Keras' torch optimizers never call update_step: their multi-tensor step runs on float32 views
+            from fp16cont.optim.torch_update import parallel_step
+
+            compat.route_backend_update(inner, lambda grads, variables, rate: (
+                parallel_step(wrapper, parallel, is_low_float, grads, variables, rate) if not wrapper.track_updates
+                else [update_step(g, v, rate) for g, v in zip(grads, variables)]))
 
 
 class _ProxyTable:

@@ -96,8 +96,21 @@ class DynamicLossScale(keras.optimizers.LossScaleOptimizer):
     # installs them where Keras' LossScaleOptimizer calls them.
     def finite_step(self, grads: Any, trainable_variables: Any) -> None:
         """After a finite step: Keras' update and growth, then the ceiling."""
-        compat.base_loss_scale_hook(self, "finite_step", grads, trainable_variables)
+        if keras.backend.backend() == "torch":  # the same step in a few multi-tensor operations
+            from fp16cont.optim.torch_update import loss_scale_finite_step
+
+            loss_scale_finite_step(self, grads, trainable_variables)
+        else:
+            compat.base_loss_scale_hook(self, "finite_step", grads, trainable_variables)
         self._after_finite()
+
+    def check_finite(self, grads: Any) -> Any:
+        """Whether all gradients are finite (on torch in three operations instead of two per gradient)."""
+        if keras.backend.backend() == "torch":
+            from fp16cont.optim.torch_update import all_finite
+
+            return all_finite(grads)
+        return super().check_finite(grads)
 
     def non_finite_step(self) -> None:
         """After a non-finite step: skip it, halve the scale down to the floor, count."""
