@@ -86,6 +86,7 @@ def test_multi_worker_mirrored_strategy_two_local_workers_end_identical(tmp_path
     assert "precision='float16'" in first["bfloat16"]["error"]
 
 
+@pytest.mark.distributed
 def test_jax_data_parallel_over_two_host_devices_matches_one_device(tmp_path):
     pytest.importorskip("jax", reason="the JAX backend is not installed (pip install jax)")
     single_out, parallel_out = tmp_path / "jax_single.json", tmp_path / "jax_parallel.json"

@@ -401,11 +401,16 @@ def fit_with_engine(
         feeder = _StreamFeeder(x, y, sample_weight, class_weight, batch_size, shuffle, engine, kw.get("steps_per_epoch"), choice.steps_per_execution, placement)
     prep = _preprocess(engine, feeder.uint8_inputs)
     _build(model, feeder.example_batch(), prep, jax)
-    shardings = None
+    shardings = settle = None
     if placement is not None:
         shardings = _state_shardings(model, placement)
         _lay_out_state(model, shardings)
     run = _compiled_steps(model, prep, engine, choice.mode == "resident", jax, jnp, placement, shardings)
+    if placement is not None:
+        cache, key = _COMPILED[model], ("settle", tuple(tuple(group) for group in shardings))
+        if key not in cache:
+            cache[key] = jax.jit(lambda state: state, out_shardings=shardings)
+        settle = cache[key]
     logs_like = _logs_structure(model, jnp, placement)
 
     cbs = keras.callbacks.CallbackList(
@@ -420,16 +425,16 @@ def fit_with_engine(
         for epoch in range(int(kw.get("initial_epoch", 0) or 0), epochs):
             model.reset_metrics()
             cbs.on_epoch_begin(epoch)
-            state = _pending(model)
+            state = _pending(model, settle)
             logs = None
             for begin, end, chunk in feeder.epoch(epoch):
                 cbs.on_train_batch_begin(begin)
-                state = _pending(model) if compat.jax_state_was_synced(model) else state
+                state = _pending(model, settle) if compat.jax_state_was_synced(model) else state
                 *where, loop = chunk
                 state, logs = run(state, feeder.resident, *where, logs_like, loop)
                 compat.set_pending_jax_state(model, state)
                 cbs.on_train_batch_end(end, logs)
-                state = _pending(model) if compat.jax_state_was_synced(model) else state
+                state = _pending(model, settle) if compat.jax_state_was_synced(model) else state
                 if model.stop_training:
                     break
             model.jax_state_sync()
@@ -450,14 +455,22 @@ def fit_with_engine(
     return model.history
 
 
-def _pending(model: keras.Model) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
-    """Read the variables as the loop's state and hand it back as pending (unsynced)."""
+def _pending(model: keras.Model, settle: Callable[[Any], Any] | None = None) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+    """Read the variables as the loop's state and hand it back as pending (unsynced).
+
+    ``settle`` (on a mesh) passes the state through a compiled identity with
+    the step's output layouts, so that fresh values (reset metrics, a
+    callback's assignment) reach the step in the same form as its own
+    outputs and do not make JAX compile it again.
+    """
     state = (
         [v.value for v in model.trainable_variables],
         [v.value for v in model.non_trainable_variables],
         [v.value for v in model.optimizer.variables],
         [v.value for v in model.metrics_variables],
     )
+    if settle is not None:
+        state = settle(state)
     compat.set_pending_jax_state(model, state)
     return state
 
