@@ -122,6 +122,9 @@ def private_copy(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Opti
     copy = _from_config(optimizer)
     if getattr(optimizer, "source_optimizer", None) is not None:  # a wrapper: the copy stands for the same source
         copy.source_optimizer = optimizer.source_optimizer
+    pending = getattr(optimizer, "_start_values", None)
+    if isinstance(pending, HostValues) and pending.values is not None:  # an unbuilt wrapper's carried-over state
+        copy._start_values = HostValues(pending.values)
     return copy
 
 
