@@ -165,15 +165,17 @@ def copy_for_precision(model: keras.Model, precision: str | PrecisionPlan) -> ke
 
 
 @contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
+def seeded(seed: int | None) -> Iterator[None]:
     """Seed every global random generator for a block, as ``keras.utils.set_random_seed`` does.
 
     Python's and NumPy's global generators get their previous state back
-    when the block ends; the backend's global seed (TensorFlow's, Keras'
+    when the block ends (Keras also draws the seeds of new layers from
+    Python's); the backend's global seed (TensorFlow's, Keras'
     ``SeedGenerator``) cannot be read back, so it stays set to ``seed``.
 
     Args:
-        seed: A non-negative integer.
+        seed: A non-negative integer, or ``None`` to only restore Python's
+            and NumPy's generators afterwards.
 
     Example:
         >>> with seeded(0):
@@ -184,7 +186,8 @@ def seeded(seed: int) -> Iterator[None]:
         True
     """
     python_state, numpy_state = random.getstate(), np.random.get_state()
-    keras.utils.set_random_seed(int(seed))
+    if seed is not None:
+        keras.utils.set_random_seed(int(seed))
     try:
         yield
     finally:
@@ -283,14 +286,14 @@ def compare(
     runs: list[RunRecord] = []
     method = "off"
     total = len(seed_list) * len(plans)
-    with _no_retracing_warnings(), warnings.catch_warnings():  # every copy is a new model: each traces once
+    # every copy is a new model (its layers draw seeds from Python's generator) and traces once
+    with seeded(None), _no_retracing_warnings(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=PerformanceWarning)  # said once, by resolve_precisions above
         if warmup:
             if talk:
                 print(f"warm-up: one unmeasured batch of {', '.join(p.description for p in plans)}", flush=True)
-            with seeded(0):  # the warm-up's shuffling leaves Python's and NumPy's generators as they were
-                for plan in plans:
-                    _warm_up(source, plan, (x, y), validation, settings)
+            for plan in plans:
+                _warm_up(source, plan, (x, y), validation, settings)
         for seed in seed_list:
             for plan in plans:
                 if talk:
