@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import keras
+import pytest
 
 from fp16cont.cli import main
 from fp16cont.bench.demo import run_demo
@@ -41,6 +42,7 @@ def test_audit_command_reports_errors_with_exit_status_2(tmp_path, capsys):
     assert "SourceFileNotFoundError" in capsys.readouterr().err
 
 
+@pytest.mark.subprocess
 def test_python_dash_m_entry_point_help():
     done = subprocess.run([sys.executable, "-m", "fp16cont", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "demo" in done.stdout

@@ -101,6 +101,7 @@ def test_compare_on_the_embedded_digits_labels_each_run(tmp_path, capsys):
     assert "[1/2] float32, seed 0" in printed and "[2/2] bfloat16 (fp16cont pure), seed 0" in printed
 
 
+@pytest.mark.subprocess
 def test_offline_named_data_set_says_in_one_line_how_to_get_it(tmp_path):
     """No Keras cache and no way out (a proxy on a closed port): --data mnist fails in one line, with the fix."""
     import os
