@@ -14,6 +14,9 @@ CHILD = Path(__file__).with_name("distributed_child.py")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+pytestmark = pytest.mark.subprocess  # every test here runs child processes
+
+
 def _env(**extra):
     return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra}
 

@@ -37,6 +37,7 @@ def _latest_epoch(folder):
         return 0
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("compensation", ["kahan", "stochastic"])
 def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path, compensation):
     whole = _run(tmp_path / "a", tmp_path / "a.npz", "fast", compensation)
