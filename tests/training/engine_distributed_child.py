@@ -92,29 +92,33 @@ def summary(model, result):
         "weights": weights(model), "engine": result.engine, "reason": result.engine_reason,
         "loss_scale": result.loss_scale, "skipped_steps": result.skipped_steps, "rollbacks": result.rollbacks,
         "loss": [float(v) for v in result.history.history["loss"]],
+        "iterations": int(np.asarray(model.optimizer.iterations)),
     }
 
 
 def data_parallel_runs(results):
     (x, y), _ = load_digits()
     x, y = x[:ROWS], y[:ROWS]
-    # an input that overflows float16 in one row of batch 3, in the half that the second device computes
-    poisoned = x.copy()
+    # an input that overflows float16 in one row of batch 3, in the half that the second device computes;
+    # 9 more rows make a last batch that does not split over two devices (computed whole on both)
+    poisoned = np.concatenate([x, x[:9]])
     poisoned[3 * 64 + 40] = 3e4
     dp = keras.distribution.DataParallel()
     # no shuffle: the one-device run is also the reference of the two-process test (global batches of 2 x 32 rows)
     model = mlp("float16")
     results["one_float16"] = summary(model, train(model, x, y, "resident", shuffle=False))
     for engine in ("resident", "streamed"):
+        # the streamed run's model is built before the distribution is set: the engine moves its variables
+        model = mlp("float16") if engine == "streamed" else None
         with dp.scope():
-            model = mlp("float16")
+            model = model or mlp("float16")
             result = train(model, x, y, engine, shuffle=False)
             results[f"dp_float16_{engine}"] = {
                 **summary(model, result), "replicas_agree": replicas_agree(model),
                 "devices": sorted({str(s.device) for s in model.weights[0].value.addressable_shards})}
     with dp.scope():
         model = mlp("float16")
-        result = train(model, poisoned, y, "resident", shuffle=False, check_finite=False)
+        result = train(model, poisoned, np.concatenate([y, y[:9]]), "resident", shuffle=False, check_finite=False)
         results["dp_overflow"] = {**summary(model, result), "replicas_agree": replicas_agree(model),
                                   "scale_per_device": per_device(model, "scale"),
                                   "skipped_per_device": per_device(model, "skipped"),

@@ -77,6 +77,8 @@ def test_overflow_in_one_replica_is_one_decision_for_all(runs):
     # summed over both devices inside the step (an all-reduce), so both skip the step and halve the scale
     assert two["all_reduce"] >= 1
     assert two["skipped_steps"] == 2 and two["skipped_per_device"] == [2.0, 2.0]  # once per epoch, on both
+    # 1033 rows: 16 batches of 64 and one of 9 (odd, so computed whole on both devices) per epoch, less the skips
+    assert two["iterations"] == 2 * 17 - 2
     assert two["loss_scale"] == clean["loss_scale"] / 4 and two["scale_per_device"] == [two["loss_scale"]] * 2
     assert two["rollbacks"] == 0  # the loss scale handled it; the guard had nothing to roll back
     assert two["replicas_agree"]
