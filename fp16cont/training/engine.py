@@ -17,7 +17,14 @@ the steps underneath, chosen per call:
 - ``"compiled"`` (TensorFlow): Keras' own ``fit`` with ``steps_per_execution``
   steps per ``tf.function`` call (:mod:`fp16cont.training.tf_engine`).
 - ``"fit"``: Keras' own ``model.fit`` (the torch backend,
-  generators, active distributions, or ``engine="fit"``).
+  generators, or ``engine="fit"``).
+
+Under an active ``keras.distribution`` (JAX) the resident and streamed modes
+split each batch along its first axis over the mesh's batch axis and keep
+the weights and optimizer state in the layouts Keras gave them; the
+gradient sum over devices happens inside the compiled step, so loss-scale
+and NaN decisions are one value for all replicas. With several
+``jax.distributed`` processes each process streams its own rows.
 
 Batch-level callbacks fire once per chunk of ``steps_per_execution`` steps
 (``on_train_batch_begin(first)`` / ``on_train_batch_end(last, logs)``), as in
