@@ -13,6 +13,11 @@ model's input shape: throughput does not depend on pixel values):
   fp16cont           build_fp16_model + continue_training (auto precision, Kahan-compensated, XLA-fused update)
   fp16cont-plain     the same with compensation=None
   fp16cont-by-hand   the fp16cont model trained with hand-written compile + fit (overhead baseline)
+Further variants (--variants): fp16cont-by-hand-sr (hand-written compile + fit with the same
+optimizer chain continue_training builds: CompensatedOptimizer(SGD, "stochastic")), fp16cont-spe1
+(continue_training with Engine(steps_per_execution=1)), fp16cont-noguard (nan_guard=False),
+fp16cont-xla (the model compiled with jit_compile=True first; continue_training keeps it),
+float32-ct (the float32 model through continue_training).
 
 Run:  python benchmarks/cpu_speed.py --model resnet20 --repeats 3
 """
@@ -28,6 +33,7 @@ import sys
 from pathlib import Path
 
 VARIANTS = ("float32", "keras-mixed", "paper", "fp16cont", "fp16cont-plain", "fp16cont-by-hand")
+MORE_VARIANTS = ("fp16cont-by-hand-sr", "fp16cont-spe1", "fp16cont-noguard", "fp16cont-xla", "float32-ct")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -40,6 +46,7 @@ def child(model_name: str, variant: str, batch: int, steps: int, epochs: int) ->
 
     import fp16cont
     from fp16cont.reporting.memory import peak_memory_growth, start_peak_memory
+    from fp16cont.training.engine import Engine
     from fp16cont.convert.rebuild import weight_bytes
 
     build = {"resnet20": fp16cont.resnet20, "resnet56": fp16cont.resnet56, "mlp": lambda: fp16cont.mlp(784)}[model_name]
@@ -72,12 +79,23 @@ def child(model_name: str, variant: str, batch: int, steps: int, epochs: int) ->
     else:
         model = source
     baseline = start_peak_memory()
-    if variant in ("fp16cont", "fp16cont-plain"):
+    engine = "n/a"
+    if variant in ("fp16cont", "fp16cont-plain", "fp16cont-spe1", "fp16cont-noguard", "fp16cont-xla", "float32-ct"):
+        if variant == "fp16cont-xla":
+            model.compile(keras.optimizers.SGD(0.01), loss, jit_compile=True)
         result = fp16cont.continue_training(
-            model, x, y, epochs=epochs, batch_size=batch, loss=loss, verbose=0, nan_guard=False,
-            compensation="auto" if variant == "fp16cont" else None, callbacks=[Timer()],
+            model, x, y, epochs=epochs, batch_size=batch, loss=None if variant == "fp16cont-xla" else loss, verbose=0,
+            nan_guard=variant != "fp16cont-noguard", compensation=None if variant == "fp16cont-plain" else "auto",
+            callbacks=[Timer()], engine=Engine(steps_per_execution=1) if variant == "fp16cont-spe1" else "auto",
         )
         optimizer_bytes = result.optimizer_bytes
+        engine = f"{result.engine}: {result.engine_reason}"
+    elif variant == "fp16cont-by-hand-sr":
+        from fp16cont.optim.compensation import CompensatedOptimizer
+
+        model.compile(CompensatedOptimizer(keras.optimizers.SGD(0.01), "stochastic"), loss)
+        model.fit(x, y, epochs=epochs, batch_size=batch, verbose=0, callbacks=[Timer()])
+        optimizer_bytes = weight_bytes(model.optimizer.variables)
     else:
         model.compile(keras.optimizers.SGD(0.01), loss)
         model.fit(x, y, epochs=epochs, batch_size=batch, verbose=0, callbacks=[Timer()])
@@ -91,6 +109,8 @@ def child(model_name: str, variant: str, batch: int, steps: int, epochs: int) ->
         "peak_bytes": peak.bytes,
         "memory_method": peak.method,
         "precision": fp16cont.convert.rebuild.float_precision(model),
+        "engine": engine,
+        "epoch_seconds": times,
     }
 
 

@@ -9,6 +9,9 @@ training continues from the same weights and data order, with each optimizer
   (c) fp16cont pure 16-bit with Kahan-compensated updates (``kahan``),
   (d) Keras mixed precision: float32 variables, 16-bit compute (``mixed``),
   (e) fp16cont pure 16-bit with stochastic rounding (``stochastic``),
+(f) float32 started from the 16-bit-rounded weights (``float32-from16``: is the
+    starting point enough to move the result?), (g) stochastic rounding with
+    float32 optimizer slots (``stochastic-f32slots``),
 for several seeds, and a table per optimizer and learning rate prints test
 accuracy (mean ± spread over seeds), its difference to (a), weight +
 optimizer bytes and the share of updates rounding cancelled (unless
@@ -63,7 +66,7 @@ def cnn() -> keras.Model:
     )
 
 
-VARIANTS = ("float32", "plain", "kahan", "mixed", "stochastic")
+VARIANTS = ("float32", "plain", "kahan", "mixed", "stochastic", "float32-from16", "stochastic-f32slots")
 
 
 def variants(precision: str, names: tuple[str, ...] = VARIANTS) -> list[tuple[str, dict, dict]]:
@@ -75,6 +78,11 @@ def variants(precision: str, names: tuple[str, ...] = VARIANTS) -> list[tuple[st
         "mixed": (f"(d) Keras mixed_{precision}", {"precision": precision, "mode": "mixed"}, {"compensation": None}),
         "stochastic": (f"(e) fp16cont pure {precision} + stochastic", {"precision": precision},
                        {"compensation": "stochastic"}),
+        # controls for where a 16-bit loss comes from:
+        "float32-from16": (f"(f) float32 from the {precision}-rounded weights", {"float32": True, "from": precision},
+                           {"compensation": None}),
+        "stochastic-f32slots": (f"(g) fp16cont pure {precision} + stochastic, float32 momentum", {"precision": precision},
+                                {"compensation": "stochastic", "slot_dtype": "float32"}),
     }
     return [rows[name] for name in names]
 
@@ -86,7 +94,11 @@ def make_optimizer(name: str, lr: float, momentum: float) -> keras.optimizers.Op
 def build(source: keras.Model, build_kwargs: dict) -> keras.Model:
     if build_kwargs.get("float32"):
         model = clone_with_policies(source, lambda layer: None)
-        model.set_weights(source.get_weights())
+        if build_kwargs.get("from"):  # the 16-bit model's starting point, in float32
+            rounded = fp16cont.build_fp16_model(source, precision=build_kwargs["from"], verify=False)
+            model.set_weights([np.asarray(w, np.float32) for w in rounded.get_weights()])
+        else:
+            model.set_weights(source.get_weights())
         return model
     return fp16cont.build_fp16_model(source, verify=False, **build_kwargs)
 

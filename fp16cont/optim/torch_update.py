@@ -106,7 +106,7 @@ def _write_back(wrapper: Any, variables: list[Any], buffers: list[Any], targets:
     if kahan:
         residual = (flat - new.float()).split(sizes)
         torch._foreach_copy_([b.value for b in kahan],
-                             [r.view(b.value.shape).to(b.value.dtype) for r, b, keep in zip(residual, buffers, buffers) if keep is not None])
+                             [r.view(b.value.shape).to(b.value.dtype) for r, b in zip(residual, buffers) if b is not None])
 
 
 def all_finite(grads: Sequence[Any]) -> Any:
