@@ -12,7 +12,7 @@ from tests.conftest import MODEL_BUILDERS
 def test_demo_trains_both_precisions_on_real_digits(capsys):
     from fp16cont.bench.demo import demo_notes
 
-    report = run_demo(pretrain_epochs=1, epochs=2, verbose=2, width=128)
+    report = run_demo(pretrain_epochs=2, epochs=1, verbose=2, width=64)
     printed = capsys.readouterr().out
     assert "[pre-training] float32" in printed  # every progress stream is labelled
     assert "[1/2] float32" in printed and f"[2/2] {report.precisions[1]}" in printed
