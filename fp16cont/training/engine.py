@@ -170,6 +170,9 @@ def choose_engine(engine: Engine, x: Any, fit_kwargs: dict[str, Any]) -> EngineC
     backend = keras.backend.backend()
     if engine.mode == "fit":
         return EngineChoice("fit", 1, "engine='fit' was asked for")
+    if engine.mode == "auto" and backend == "tensorflow" and _tf_strategy_active():
+        # Keras 3's multi-step loop fails under MirroredStrategy ("You must feed a value for placeholder tensor")
+        return EngineChoice("fit", 1, "Keras fit: a tf.distribute strategy is active (one step per call under it)")
     if engine.mode == "compiled" or (engine.mode == "auto" and backend == "tensorflow"):
         from fp16cont.training.tf_engine import choose_compiled  # Keras fit's loop, tuned (TensorFlow)
 
@@ -194,6 +197,12 @@ def choose_engine(engine: Engine, x: Any, fit_kwargs: dict[str, Any]) -> EngineC
             return EngineChoice("resident", spe, "array data resident on the device" + _over_mesh())
         return EngineChoice("streamed", spe, "arrays streamed from host memory" + ("" if fits else " (too large for the device)") + _over_mesh())
     return EngineChoice("streamed", spe, f"{type(x).__name__} streamed to the device" + _over_mesh())
+
+
+def _tf_strategy_active() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.distribute.has_strategy())
 
 
 def _why_not_jax_engine(backend: str, x: Any, fit_kwargs: dict[str, Any], mode: str) -> str | None:
