@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("jax", reason="the JAX backend is not installed (pip install jax)")
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.subprocess]  # child processes, several JAX devices
 
 CHILD = Path(__file__).with_name("engine_distributed_child.py")
 ROOT = Path(__file__).resolve().parents[2]
