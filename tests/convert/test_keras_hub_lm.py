@@ -73,12 +73,14 @@ def test_classifier_head_and_norms_float32_body_16bit():
     assert sum(d == "bfloat16" for d in kinds.values()) > len(kinds) / 2
 
 
-def test_dict_inputs_train_every_16bit_variable():
+def test_dict_inputs_with_sample_weights_train_every_16bit_variable():
     source = gpt2()
     m16 = fp16cont.build_fp16_model(source, precision="bfloat16")
     x, y = tokens()
     before = values(m16)
-    result = fp16cont.continue_training(m16, x, y, epochs=3, batch_size=8, verbose=0)
+    weights = np.ones(y.shape, "float32")
+    weights[:, -2:] = 0.0  # padded targets, as a CausalLM preprocessor's sample weights mark them
+    result = fp16cont.continue_training(m16, x, y, epochs=3, batch_size=8, verbose=0, sample_weight=weights)
     after = values(m16)
     losses = result.history.history["loss"]
     assert result.precision == "bfloat16" and result.compensation == "stochastic"
