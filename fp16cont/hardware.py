@@ -34,6 +34,7 @@ CPU_FLOAT16_REASON = (
     "(or 'auto') on CPUs."
 )
 _BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+_WARNED: set[str] = set()  # each slow-precision warning is shown once per process
 
 
 @functools.cache
@@ -92,7 +93,8 @@ def select_precision(precision: str = "auto", device: Device | None = None, warn
         )
     device = device or detect_device()
     choice = _auto_choice(device) if precision == "auto" else _explicit_choice(precision, device)
-    if warn and not choice.fast:  # Python's warning filters show it once per call site
+    if warn and not choice.fast and choice.reason not in _WARNED:
+        _WARNED.add(choice.reason)
         warnings.warn(choice.reason, PerformanceWarning, stacklevel=3)
     return choice
 
