@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--pretrain-steps", type=int, default=400)
-    parser.add_argument("--steps", type=int, default=150, help="continued-training steps (batch 16)")
+    parser.add_argument("--steps", type=int, default=90, help="continued-training steps (batch 16)")
     parser.add_argument("--epochs", type=int, default=3, help="the steps are split in this many epochs (timing)")
     parser.add_argument("--lora-rank", type=int, default=8)
     parser.add_argument("--lora-lr", type=float, default=1e-3)
