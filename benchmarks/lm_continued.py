@@ -32,9 +32,9 @@ nats per byte before and after, perplexity, the share of trainable values
 that changed at all, weight + optimizer bytes, and training tokens/s (median
 of the epochs after the first, which includes compilation).
 
-Run:    python benchmarks/lm_continued.py            (a few minutes on 2 idle CPU cores)
+Run:    python benchmarks/lm_continued.py            (15 runs; 18 minutes on 2 shared CPU cores)
 All:    python benchmarks/lm_continued.py --variants a,b,c,c32,d,e,f
-Quick:  python benchmarks/lm_continued.py --quick    (1 seed, fewer steps)
+Quick:  python benchmarks/lm_continued.py --quick    (1 seed, fewer steps; about 5 minutes)
 JSON:   benchmarks/results/lm_continued[_quick].json
 """
 
