@@ -2,7 +2,7 @@
 
 A real job would start from a pre-trained preset
 (``keras_hub.models.GPT2CausalLM.from_preset("gpt2_base_en")``, a download).
-To run offline on a CPU in about a minute, this example builds a tiny GPT-2
+To run offline on a CPU (83 s of CPU time here), this example builds a tiny GPT-2
 with byte-level tokens (ids 0-255, no tokenizer file needed) and gives it a
 short float32 pre-training on real English text that ships with Python
 (``pydoc_data.topics``, the Python documentation's prose). From there on it
