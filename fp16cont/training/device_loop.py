@@ -21,7 +21,7 @@ from typing import Any
 import keras
 
 from fp16cont.training.engine import Engine, Resident, upload
-from fp16cont.errors import InvalidArgumentError
+from fp16cont.errors import UnsupportedBackendError
 from fp16cont.reporting.results import DeviceFitResult
 
 __all__ = ["device_fit", "DeviceFitResult", "upload", "DEFAULT_STEPS_PER_EXECUTION"]
@@ -77,7 +77,8 @@ def device_fit(
         A :class:`DeviceFitResult` ``(history, epoch_seconds)``.
 
     Raises:
-        InvalidArgumentError: On a backend other than JAX, or for bad arguments.
+        UnsupportedBackendError: On a backend other than JAX.
+        InvalidArgumentError: For bad arguments.
         Fp16ContError: Whatever :func:`~fp16cont.continue_training` raises.
 
     Example:
@@ -86,7 +87,7 @@ def device_fit(
     from fp16cont.training.train import continue_training
 
     if keras.backend.backend() != "jax":
-        raise InvalidArgumentError(
+        raise UnsupportedBackendError(
             f"device_fit runs only on Keras' JAX backend; this process uses the {keras.backend.backend()!r} backend. "
             "Fix: set KERAS_BACKEND=jax before keras is first imported, or train with "
             "fp16cont.continue_training(), which works on every backend."

@@ -56,7 +56,7 @@ import numpy as np
 from fp16cont import _keras_compat as compat
 from fp16cont.reporting.results import EngineChoice
 from fp16cont.training.data import is_array_like
-from fp16cont.errors import DataError, InvalidArgumentError
+from fp16cont.errors import DataError, InvalidArgumentError, UnsupportedBackendError
 
 __all__ = ["ENGINE_MODES", "Engine", "EngineChoice", "as_engine", "choose_engine", "fit_with_engine", "upload", "Resident"]
 
@@ -664,7 +664,7 @@ def upload(data: Any) -> Resident:
         :func:`~fp16cont.device_fit` accept as ``x`` or ``y``.
 
     Raises:
-        InvalidArgumentError: On a backend other than JAX.
+        UnsupportedBackendError: On a backend other than JAX.
         DataError: For empty or ragged data, or data too large for the device.
 
     Example:
@@ -673,7 +673,7 @@ def upload(data: Any) -> Resident:
     if isinstance(data, Resident):
         return data
     if keras.backend.backend() != "jax":
-        raise InvalidArgumentError(
+        raise UnsupportedBackendError(
             f"upload() keeps arrays on a JAX device; this process uses the {keras.backend.backend()!r} backend. "
             "Fix: set KERAS_BACKEND=jax before keras is first imported, or pass numpy arrays to continue_training()."
         )

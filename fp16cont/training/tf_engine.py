@@ -35,7 +35,7 @@ from typing import Any
 
 import keras
 
-from fp16cont.errors import InvalidArgumentError
+from fp16cont.errors import UnsupportedBackendError
 
 __all__ = ["CPU_STEPS_PER_EXECUTION", "ACCELERATOR_STEPS_PER_EXECUTION", "choose_compiled", "fit_compiled"]
 
@@ -57,12 +57,12 @@ def choose_compiled(engine: Any, backend: str) -> Any:
         compiled value if that is larger).
 
     Raises:
-        InvalidArgumentError: When ``"compiled"`` is forced on another backend.
+        UnsupportedBackendError: When ``"compiled"`` is forced on another backend.
     """
     from fp16cont.training.engine import EngineChoice
 
     if backend != "tensorflow":
-        raise InvalidArgumentError(
+        raise UnsupportedBackendError(
             f"engine='compiled' runs on Keras' TensorFlow backend; this process uses {backend!r}. Fix: leave "
             "engine='auto' (it picks the fast mode of every backend) or pass engine='fit'."
         )

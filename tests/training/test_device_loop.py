@@ -12,7 +12,7 @@ import pytest
 import fp16cont
 from fp16cont.optim.compensation import CompensatedOptimizer
 from fp16cont.training.device_loop import device_fit, upload
-from fp16cont.errors import DataError, InvalidArgumentError, TrainingDivergedError
+from fp16cont.errors import DataError, InvalidArgumentError, TrainingDivergedError, UnsupportedBackendError
 from fp16cont.optim.loss_scale import DynamicLossScale
 from tests.conftest import sequential_model, snapshot
 
@@ -75,7 +75,7 @@ def test_other_backends_get_a_typed_error(monkeypatch, digits_module):
     model = small_model()
     if ON_JAX:
         monkeypatch.setattr(keras.backend, "backend", lambda: "tensorflow")
-    with pytest.raises(InvalidArgumentError, match="JAX backend"):
+    with pytest.raises(UnsupportedBackendError, match="JAX backend"):
         device_fit(model, x, y, loss="sparse_categorical_crossentropy")
 
 
