@@ -46,6 +46,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import fp16cont  # noqa: E402
+from _timing import SyncedTimer, block  # noqa: E402  (benchmarks/_timing.py)
 from fp16cont.training.engine import Engine, choose_engine, fit_with_engine  # noqa: E402
 from fp16cont.training.train import prepare_optimizer  # noqa: E402
 
@@ -74,31 +75,6 @@ def make_model(name: str, shape: tuple[int, ...], classes: int, policy: str | No
 def sgd() -> keras.optimizers.Optimizer:
     return keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
 
-
-def block(model: keras.Model) -> None:
-    if keras.backend.backend() == "jax":
-        import jax
-
-        jax.block_until_ready([v.value for v in model.trainable_variables])
-    elif keras.backend.backend() == "torch":
-        import torch
-
-        torch.cuda.synchronize()
-
-
-class SyncedTimer(keras.callbacks.Callback):
-    """Epoch wall time up to the device having finished the epoch."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seconds: list[float] = []
-
-    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-        block(self.model)
-        self.seconds.append(time.perf_counter() - self._start)
 
 
 def variants(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, tuple[Callable[[], Any], Callable[[Any], float]]]:

@@ -62,6 +62,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import fp16cont  # noqa: E402
+from _timing import SyncedTimer, block  # noqa: E402  (benchmarks/_timing.py)
 
 VARIANTS = ("ct_bf16", "keras_mixed_spe", "keras_mixed_fit", "ct_bf16_emb32")
 TARGETS = (("ct_bf16", "keras_mixed_fit", 1.2), ("ct_bf16", "keras_mixed_spe", 1.2))
@@ -101,11 +102,6 @@ def keras_fit(model: keras.Model, *args: Any, **kwargs: Any) -> Any:
     return keras.Model.fit(model, *args, **kwargs)
 
 
-def block(model: keras.Model) -> None:
-    import jax
-
-    jax.block_until_ready([v.value for v in model.trainable_variables])
-
 
 def nbytes(variables: Any) -> int:
     return int(sum(np.prod(v.shape, dtype=np.int64) * np.dtype(v.dtype).itemsize for v in variables))
@@ -132,20 +128,6 @@ def peak_bytes() -> int | None:
     stats = jax.devices()[0].memory_stats() or {}
     return stats.get("peak_bytes_in_use")
 
-
-class SyncedTimer(keras.callbacks.Callback):
-    """Epoch wall time up to the device having finished the epoch."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seconds: list[float] = []
-
-    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-        block(self.model)
-        self.seconds.append(time.perf_counter() - self._start)
 
 
 def variants(args: argparse.Namespace, x: Any, y: Any) -> dict[str, tuple[Callable[[], keras.Model], Callable[[keras.Model], float]]]:

@@ -61,22 +61,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import fp16cont  # noqa: E402
+from _timing import SyncedTimer, block  # noqa: E402  (benchmarks/_timing.py)
 from fp16cont.optim.loss_scale import find_loss_scale  # noqa: E402
 
-
-class SyncedTimer(keras.callbacks.Callback):
-    """Epoch wall time up to every device having finished the epoch."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seconds: list[float] = []
-
-    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-        jax.block_until_ready([v.value for v in self.model.trainable_variables])
-        self.seconds.append(time.perf_counter() - self._start)
 
 
 def source_model(args: argparse.Namespace, shape: tuple[int, ...], classes: int) -> keras.Model:

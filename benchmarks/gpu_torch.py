@@ -49,6 +49,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import fp16cont  # noqa: E402
+from _timing import SyncedTimer, block  # noqa: E402  (benchmarks/_timing.py)
 
 DEFAULT_VARIANTS = ("keras_fp32_fit", "keras_mixed_fit", "ct_f16", "hand_f16")
 ALL_VARIANTS = (*DEFAULT_VARIANTS, "ct_f16_nols", "ct_f16_kahan")
@@ -65,21 +66,6 @@ def synchronize() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 
-
-class SyncedTimer(keras.callbacks.Callback):
-    """Epoch wall time up to the GPU having finished the epoch."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seconds: list[float] = []
-
-    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-        synchronize()
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-        synchronize()
-        self.seconds.append(time.perf_counter() - self._start)
 
 
 def make_resnet20(shape: tuple[int, ...], policy: str | None = None) -> keras.Model:
