@@ -20,8 +20,9 @@ device:
   (measured). fp16cont's optimizer wrappers compile under XLA (tested); a
   model compiled with ``jit_compile=True`` keeps it.
 
-The model's own ``steps_per_execution`` is restored afterwards; the traced
-functions are kept for the next call with the same compilation.
+The model's own ``steps_per_execution`` and traced functions are restored
+afterwards: the loop traced for the run lives for that call only, and
+nothing is left on the model.
 
 Example:
     >>> choose_compiled(Engine("compiled", steps_per_execution=4), "tensorflow").steps_per_execution
@@ -41,7 +42,6 @@ __all__ = ["CPU_STEPS_PER_EXECUTION", "ACCELERATOR_STEPS_PER_EXECUTION", "choose
 
 CPU_STEPS_PER_EXECUTION = 8
 ACCELERATOR_STEPS_PER_EXECUTION = 32
-_TRACED = "_fp16cont_traced"  # fp16cont's own attribute on the model: the functions traced for its step count
 
 
 def choose_compiled(engine: Any, backend: str) -> Any:
@@ -92,30 +92,14 @@ def fit_compiled(model: keras.Model, steps_per_execution: int, fit: Callable[[],
     """
     own = (model.steps_per_execution, model.train_function, model.test_function, model.predict_function)
     spe = max(int(steps_per_execution), int(model.steps_per_execution or 1))
-    token = _compilation(model)
-    key = (spe, bool(model.jit_compile), bool(model.run_eagerly))
-    traced = getattr(model, _TRACED, None)
     if spe != own[0]:
-        if traced is not None and traced[0] is token and traced[1] == key:
-            model.train_function, model.test_function = traced[2], traced[3]
-        else:
-            model.train_function = model.test_function = None  # traced again for the new step count
-        model.predict_function = None
+        # traced again for this call's step count; nothing of it stays on the model afterwards
+        model.train_function = model.test_function = model.predict_function = None
     model.steps_per_execution = spe
     try:
         return fit()
     finally:
-        if spe != own[0]:
-            if token is not None and token is _compilation(model):
-                # set past Keras' attribute tracking; a cycle through the model that the collector frees
-                object.__setattr__(model, _TRACED, (token, key, model.train_function, model.test_function))
-            model.steps_per_execution, model.train_function, model.test_function, model.predict_function = own
-
-
-def _compilation(model: keras.Model) -> Any:
-    """An object that ``compile()`` replaces: the loss tracker, first of ``model.metrics``."""
-    metrics = model.metrics if getattr(model, "compiled", False) else []
-    return metrics[0] if metrics else None
+        model.steps_per_execution, model.train_function, model.test_function, model.predict_function = own
 
 
 def _has_accelerator() -> bool:
