@@ -61,7 +61,18 @@ def test_default_cadence_looks_every_ten_batches_and_still_recovers(digits):
     # the running mean loss stays NaN until looked at: at the first batch hook at or after the 10th step
     # (step 10 itself with one step per hook; the end of the 8-step call of steps 8-15 in TensorFlow's compiled mode)
     spe = result_spe = 8 if result.engine == "compiled" else 1
-    assert [e.batch for e in result.guard_events] == [-(-10 // spe) * spe - 1] * 2, result_spe
+    first_look = -(-10 // spe) * spe - 1
+    assert [e.epoch for e in result.guard_events] == [0, 1], result_spe
+    if keras.backend.backend() == "jax":
+        # the JAX engine runs batch hooks off the training thread: the look may land a few steps later
+        assert first_look <= result.guard_events[0].batch < first_look + 10
+    else:
+        assert result.guard_events[0].batch == first_look
+    # in the second epoch a snapshot that falls due (every 50 steps) may look earlier, but never
+    # before the first NaN batch (rows 128-255: batch 4), and no later than the 10-step look
+    # (plus the lag of JAX's asynchronous batch hooks)
+    lag = 10 if keras.backend.backend() == "jax" else 0
+    assert 4 <= result.guard_events[1].batch <= first_look + lag
     assert all(np.isfinite(np.asarray(w, np.float32)).all() for w in model.get_weights())
 
 
