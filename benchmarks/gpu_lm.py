@@ -157,8 +157,7 @@ def variants(args: argparse.Namespace, x: Any, y: Any) -> dict[str, tuple[Callab
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 m16 = fp16cont.build_fp16_model(source(), precision="bfloat16", **kwargs)
-            inspect = getattr(fp16cont, "inspect", None)  # what the built model trains in
-            cache.setdefault("report", (inspect(m16) if inspect else m16.fp16cont_report).summary())
+            cache.setdefault("report", fp16cont.inspect(m16).summary())  # what the built model trains in
             return m16
         return setup
 
