@@ -35,6 +35,7 @@ from fp16cont.convert.policies import DEFAULT_ISLANDS
 from fp16cont.convert.quantize import quantize_weights
 from fp16cont.convert.rebuild import build_fp16_model, inspect
 from fp16cont.reporting.results import (
+    BatchNormRecalibration,
     BuildReport,
     ComparisonReport,
     Device,
@@ -52,6 +53,7 @@ from fp16cont.reporting.results import (
     Verification,
 )
 from fp16cont.training.train import continue_training
+from fp16cont.training.batchnorm import recalibrate_batchnorm
 from fp16cont.optim.carry import carry_optimizer_state
 from fp16cont.training.checkpoint import load_checkpoint, save_checkpoint
 from fp16cont.reporting.compare import compare
@@ -71,6 +73,8 @@ __all__ = [
     "build_fp16_model",
     "inspect",
     "continue_training",
+    "recalibrate_batchnorm",
+    "BatchNormRecalibration",
     "select_precision",
     "detect_device",
     "Device",

@@ -5,7 +5,8 @@ Grouped by pipeline stage: hardware (:class:`Device`, :class:`PrecisionChoice`),
 conversion (:class:`VariableAudit`, :class:`QuantizationReport`,
 :class:`QuantizedWeights`, :class:`Verification`, :class:`BuildReport`),
 training (:class:`GuardEvent`, :class:`EngineChoice`, :class:`DeviceFitResult`,
-:class:`LayerStagnation`, :class:`StagnationReport`, :class:`TrainingResult`)
+:class:`LayerStagnation`, :class:`StagnationReport`, :class:`TrainingResult`,
+:class:`BatchNormRecalibration`)
 and reporting (:class:`MemoryBaseline`, :class:`PeakMemory`,
 :class:`EpochRecord`, :class:`RunRecord`, :class:`ComparisonReport`).
 The modules that compute them re-export them under their old names.
@@ -48,6 +49,7 @@ __all__ = [
     "LayerStagnation",
     "StagnationReport",
     "TrainingResult",
+    "BatchNormRecalibration",
     "MemoryBaseline",
     "PeakMemory",
     "EpochRecord",
@@ -520,6 +522,46 @@ class TrainingResult:
             f"bytes of variables: weights {format_bytes(self.weight_bytes)}, optimizer state "
             f"{format_bytes(self.optimizer_bytes)}; {self.wall_seconds:.1f} s{scale}"
         ) + (f"\n{self.lora}" if self.lora else "")
+
+
+@dataclass(frozen=True)
+class BatchNormRecalibration:
+    """What :func:`fp16cont.recalibrate_batchnorm` did.
+
+    Attributes:
+        layers: Paths of the BatchNormalization layers whose moving mean and
+            variance were replaced by population statistics.
+        skipped: Paths of frozen (``trainable=False``) BatchNormalization
+            layers, left as they were: training never updates them either.
+        batches: Forward passes (batches) the statistics were averaged over.
+        samples: Samples in those batches.
+        shifts: Per layer of ``layers``, the largest change of a channel's
+            moving mean, in units of its new standard deviation
+            (``max |new_mean - old_mean| / sqrt(new_var + epsilon)``): how far
+            the old moving statistics were from the population.
+    """
+
+    layers: tuple[str, ...]
+    skipped: tuple[str, ...]
+    batches: int
+    samples: int
+    shifts: tuple[float, ...] = ()
+
+    def summary(self) -> str:
+        """One line: how many layers were recalibrated over how much data.
+
+        Example:
+            >>> BatchNormRecalibration(("bn",), (), 3, 300, (0.25,)).summary()
+            'recalibrated 1 BatchNormalization layer(s) over 3 batches (300 samples); largest mean shift 0.25 std'
+        """
+        if not self.layers:
+            frozen = f" ({len(self.skipped)} frozen, left as they were)" if self.skipped else ""
+            return f"no BatchNormalization layer recalibrated{frozen}"
+        frozen = f", {len(self.skipped)} frozen left as they were" if self.skipped else ""
+        return (
+            f"recalibrated {len(self.layers)} BatchNormalization layer(s) over {self.batches} batches "
+            f"({self.samples} samples); largest mean shift {max(self.shifts, default=0.0):.2f} std{frozen}"
+        )
 
 
 def _trains_in(precision: str) -> str:
