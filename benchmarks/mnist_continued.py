@@ -17,9 +17,18 @@ accuracy (mean ± spread over seeds), its difference to (a), weight +
 optimizer bytes and the share of updates rounding cancelled (unless
 ``--no-stagnation``).
 
+``--recalibrate-bn STEPS`` also re-estimates every BatchNormalization layer's
+moving statistics after training (``fp16cont.recalibrate_batchnorm``, "precise
+BatchNorm") over STEPS batches of 128 training images (a random subset, the
+same for every variant of a seed), evaluates again, and prints two more tables:
+every variant recalibrated, and only the 16-bit variants recalibrated (float32
+as trained).
+
 Run:  python benchmarks/mnist_continued.py --data ../shared/data/mnist.npz
       python benchmarks/mnist_continued.py --optimizers sgd adam --lrs 0.01 0.001 \
           --variants float32 stochastic kahan --no-stagnation
+      python benchmarks/mnist_continued.py --pretrain-epochs 2 --epochs 1 --lrs 0.01 \
+          --variants float32 stochastic --no-stagnation --recalibrate-bn 100
 """
 
 from __future__ import annotations
@@ -117,6 +126,8 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", choices=("auto", "float16", "bfloat16"))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--no-stagnation", action="store_true", help="do not count cancelled updates (faster)")
+    parser.add_argument("--recalibrate-bn", type=int, default=0, metavar="STEPS",
+                        help="also re-estimate BatchNormalization statistics over STEPS batches after training")
     args = parser.parse_args()
 
     precision = fp16cont.select_precision(args.precision).precision
@@ -124,6 +135,8 @@ def main() -> None:
     print(f"MNIST {len(x)} train / {len(xt)} test, 16-bit format {precision}, device {fp16cont.detect_device().name}")
     settings = [(opt, lr) for opt in args.optimizers for lr in args.lrs]
     results: dict[tuple[str, float], dict[str, list[tuple[float, int, float | None, float]]]] = {s: {} for s in settings}
+    recalibrated: dict[tuple[str, float], dict[str, list[tuple[float, int, float | None, float]]]] = {s: {} for s in settings}
+    is16: dict[str, bool] = {}
     for seed in args.seeds:
         keras.utils.set_random_seed(seed)
         source = cnn()
@@ -131,6 +144,7 @@ def main() -> None:
         source.fit(x, y, epochs=args.pretrain_epochs, batch_size=128, verbose=0)
         start_acc = source.evaluate(xt, yt, verbose=0, return_dict=True)["accuracy"]
         print(f"seed {seed}: float32 start accuracy {start_acc:.4f}", flush=True)
+        subset = np.random.default_rng(seed).permutation(len(x))[: args.recalibrate_bn * 128]
         for opt_name, lr in settings:
             for label, build_kwargs, train_kwargs in variants(precision, tuple(args.variants)):
                 model = build(source, build_kwargs)
@@ -145,12 +159,27 @@ def main() -> None:
                 wall = time.perf_counter() - t0
                 acc = model.evaluate(xt, yt, verbose=0, return_dict=True)["accuracy"]
                 stagnation = None if args.no_stagnation else _stagnation(model, x, y, result, train_kwargs, args, opt_name, lr)
-                results[(opt_name, lr)].setdefault(label, []).append(
-                    (acc, result.weight_bytes + result.optimizer_bytes, stagnation, wall))
-                print(f"  {opt_name} lr={lr:g} {label}: accuracy {acc:.4f}, {wall:.1f} s", flush=True)
+                nbytes = result.weight_bytes + result.optimizer_bytes
+                results[(opt_name, lr)].setdefault(label, []).append((acc, nbytes, stagnation, wall))
+                is16[label] = result.precision != "float32"
+                line = f"  {opt_name} lr={lr:g} {label}: accuracy {acc:.4f}, {wall:.1f} s"
+                if args.recalibrate_bn:
+                    t0 = time.perf_counter()
+                    recal = fp16cont.recalibrate_batchnorm(model, x[subset], batch_size=128)
+                    seconds = time.perf_counter() - t0
+                    acc_bn = model.evaluate(xt, yt, verbose=0, return_dict=True)["accuracy"]
+                    recalibrated[(opt_name, lr)].setdefault(label, []).append((acc_bn, nbytes, stagnation, wall))
+                    line += f"; BatchNorm recalibrated: accuracy {acc_bn:.4f} ({recal.summary()}, {seconds:.1f} s)"
+                print(line, flush=True)
     for (opt_name, lr), rows in results.items():
         print(f"\n{opt_name} lr={lr:g}")
         print(table(rows))
+        if args.recalibrate_bn:
+            print(f"\n{opt_name} lr={lr:g}, every variant's BatchNorm statistics recalibrated ({args.recalibrate_bn} batches)")
+            print(table(recalibrated[(opt_name, lr)]))
+            only16 = {label: recalibrated[(opt_name, lr)][label] if is16[label] else runs for label, runs in rows.items()}
+            print(f"\n{opt_name} lr={lr:g}, only the 16-bit variants recalibrated (float32 as trained)")
+            print(table(only16))
 
 
 def _stagnation(model, x, y, result, train_kwargs, args, opt_name, lr) -> float | None:  # type: ignore[no-untyped-def]
