@@ -20,6 +20,9 @@ fp16cont-xla (the model compiled with jit_compile=True first; continue_training 
 float32-ct (the float32 model through continue_training).
 
 Run:  python benchmarks/cpu_speed.py --model resnet20 --repeats 3
+Other backends and a fixed set of cores (each child process is pinned with ``taskset``; JAX runs on its CPU
+platform, torch with no CUDA device visible):
+      python benchmarks/cpu_speed.py --model mlp --backend jax --cpus 0,1
 """
 
 from __future__ import annotations
@@ -123,18 +126,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="batches per epoch")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per process (the first is excluded)")
     parser.add_argument("--json", type=Path, help="write the raw measurements here")
+    parser.add_argument("--backend", default="tensorflow", choices=("tensorflow", "jax", "torch"),
+                        help="Keras backend of the child processes (on its CPU)")
+    parser.add_argument("--cpus", default=None, help="pin each child process to these cores (taskset -c LIST)")
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child[0], args.child[1], args.batch, args.steps, args.epochs)))
         return
+    os.environ["KERAS_BACKEND"] = args.backend  # the table below imports fp16cont (and so Keras) here too
     variants = args.variants.split(",")
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     for repeat in range(args.repeats):
         for variant in variants:  # alternate the variants within each repeat
             cmd = [sys.executable, __file__, "--child", args.model, variant, "--batch", str(args.batch),
                    "--steps", str(args.steps), "--epochs", str(args.epochs)]
-            env = {**os.environ, "PYTHONPATH": str(ROOT), "KERAS_BACKEND": "tensorflow"}
+            if args.cpus:
+                cmd = ["taskset", "-c", args.cpus, *cmd]
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+                   "KERAS_BACKEND": args.backend, "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": ""}
             out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
             runs[variant].append(json.loads(out.strip().splitlines()[-1]))
             print(f"repeat {repeat + 1}/{args.repeats} {variant}: {runs[variant][-1]['images_per_s']:.0f} img/s",
@@ -142,6 +152,8 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(runs, indent=1))
     print()
+    print(f"backend {args.backend}, cores {args.cpus or 'all'}; engines: " + "; ".join(
+        f"{v}: {rs[0]['engine']}" for v, rs in runs.items() if rs[0]["engine"] != "n/a"))
     print(table(args.model, runs))
 
 

@@ -12,6 +12,9 @@ float32, random labels; throughput does not depend on pixel values):
                     (no compensation, no loss scaling: the floor of the 16-bit step)
   ct_f16_nols       ``continue_training`` defaults but ``loss_scaling=False``
   ct_f16_kahan      ``continue_training`` with ``compensation="kahan"``
+  keras_fp32_jit    Keras float32 ``fit`` with ``jit_compile=True`` (Keras' ``torch.compile`` of the step;
+                    measured slower than eager on this model: dynamo recompiles as Keras' name
+                    counters change every step)
 
 Every variant first trains one untimed epoch (its wall time, compilation and
 the first CUDA kernels included, is ``first_epoch_s``); then the variants
@@ -52,7 +55,7 @@ import fp16cont  # noqa: E402
 from _timing import SyncedTimer, block  # noqa: E402  (benchmarks/_timing.py)
 
 DEFAULT_VARIANTS = ("keras_fp32_fit", "keras_mixed_fit", "ct_f16", "hand_f16")
-ALL_VARIANTS = (*DEFAULT_VARIANTS, "ct_f16_nols", "ct_f16_kahan")
+ALL_VARIANTS = (*DEFAULT_VARIANTS, "ct_f16_nols", "ct_f16_kahan", "keras_fp32_jit")
 TARGETS = (("ct_f16", "keras_fp32_fit", 1.0), ("ct_f16", "keras_mixed_fit", 1.0), ("ct_f16", "hand_f16", 0.97))
 
 
@@ -89,13 +92,13 @@ def build_variants(args: argparse.Namespace, x: np.ndarray, y: np.ndarray) -> di
     models: dict[str, keras.Model] = {}
     info: dict[str, Any] = {}
 
-    def keras_fit(policy: str | None) -> Callable[[SyncedTimer], Any]:
+    def keras_fit(policy: str | None, jit: bool = False) -> Callable[[SyncedTimer], Any]:
         def run(timer: SyncedTimer) -> None:
-            key = f"keras_{policy}"
+            key = f"keras_{policy}_{jit}"
             if key not in models:
                 m = make_resnet20(shape, policy)
                 m.set_weights(weights)
-                m.compile(sgd(), loss, metrics=["accuracy"])  # mixed_float16: Keras adds its LossScaleOptimizer
+                m.compile(sgd(), loss, metrics=["accuracy"], jit_compile=jit or "auto")  # mixed: Keras' LossScaleOptimizer
                 models[key] = m
             models[key].fit(x, y, batch_size=args.batch_size, epochs=1, verbose=0, callbacks=[timer])
 
@@ -134,6 +137,7 @@ def build_variants(args: argparse.Namespace, x: np.ndarray, y: np.ndarray) -> di
         "hand_f16": hand,
         "ct_f16_nols": ct("ct_f16_nols", loss_scaling=False),
         "ct_f16_kahan": ct("ct_f16_kahan", compensation="kahan"),
+        "keras_fp32_jit": keras_fit(None, jit=True),
     }
     build_variants.info = info  # type: ignore[attr-defined]
     return {name: table[name] for name in args.variants}

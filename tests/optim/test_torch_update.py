@@ -1,0 +1,73 @@
+"""The compensated multi-tensor update on Keras' torch backend (a child process: the backend is per process).
+
+Skipped where torch is not installed (it is not a test dependency: its wheels
+are large); it runs wherever torch is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+pytestmark = pytest.mark.subprocess
+
+_CHILD = textwrap.dedent(
+    """
+    import json
+    import keras, numpy as np, torch
+    from fp16cont.optim.compensation import CompensatedOptimizer, rounding_key, stochastic_round
+    from fp16cont.optim.torch_update import _blocked_stochastic_round
+
+    out = {}
+    # the CPU's blocked rounding gives the shared function's values bit for bit
+    x = torch.randn(100_003) * 3
+    x[5], x[7], x[100] = float("nan"), float("inf"), 1e-6
+    for dtype in ("bfloat16", "float16"):
+        key = rounding_key(3, 17, 5)
+        a = stochastic_round(x, dtype, key).float()
+        b = _blocked_stochastic_round(x, dtype, key).float()
+        out[dtype + "_equal"] = bool(torch.equal(a.nan_to_num(), b.nan_to_num()))
+        out[dtype + "_nan_kept"] = bool(torch.isnan(b[5]))
+
+    # updates far below a bfloat16 ulp survive in expectation: 20 steps of SGD(1e-3) with gradient 0.1
+    def run(compensation, optimizer):
+        v = [keras.Variable(np.ones((64, 64), np.float32), dtype="bfloat16", name="w%d" % i) for i in range(3)]
+        opt = CompensatedOptimizer(optimizer, compensation)
+        for _ in range(20):
+            opt.apply([torch.full((64, 64), 0.1, dtype=torch.bfloat16) for _ in v], v)
+        return [float(keras.ops.convert_to_numpy(keras.ops.cast(w.value, "float32")).mean()) for w in v]
+
+    out["plain"] = run("none", keras.optimizers.SGD(1e-3))
+    out["stochastic"] = run("stochastic", keras.optimizers.SGD(1e-3))
+    out["kahan"] = run("kahan", keras.optimizers.SGD(1e-3))
+    out["momentum"] = run("stochastic", keras.optimizers.SGD(1e-3, momentum=0.9))
+    print(json.dumps(out))
+    """
+)
+
+
+def test_torch_compensated_update_tracks_float32() -> None:
+    env = {**os.environ, "KERAS_BACKEND": "torch", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, "-c", _CHILD], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["bfloat16_equal"] and out["float16_equal"]
+    assert out["bfloat16_nan_kept"] and out["float16_nan_kept"]
+    assert out["plain"] == [1.0, 1.0, 1.0]  # every update of 1e-4 rounds away in bfloat16 (ulp 2**-7 at 1.0)
+    for mean in out["stochastic"]:  # unbiased: the mean of 4,096 weights lands on float32's 0.998
+        assert mean == pytest.approx(1.0 - 20 * 1e-4, abs=2e-4)
+    for mean in out["kahan"]:  # the weight is float32's 0.998 rounded to nearest; the buffer holds the rest
+        assert mean != 1.0 and abs(mean - (1.0 - 20 * 1e-4)) <= 2.0**-8
+    # momentum 0.9: sum over 20 steps of 1e-4 * (1 - 0.9**(k+1)) / 0.1
+    expected = 1.0 - sum(1e-4 * (1 - 0.9 ** (k + 1)) / 0.1 for k in range(20))
+    for mean in out["momentum"]:
+        assert mean == pytest.approx(expected, abs=3e-4)
