@@ -12,6 +12,8 @@ depend on pixel values):
   ct_f16_u8          the same on the uint8 images, ``Engine(input_scale=1/255)``
   ct_f16_streamed    the same, ``Engine("streamed", ...)``: host arrays streamed with prefetch
   ct_mixed           ``continue_training`` of the Keras ``mixed_float16`` model (same engine)
+  ct_f16_u8_nosr     ct_f16_u8 with ``compensation=None`` (what the rounding costs, compile included)
+  ct_f16_streamed_p4 ct_f16_streamed with ``prefetch=4`` chunks in flight
   engine_by_hand     ``fp16cont.training.engine.fit_with_engine`` called by hand on the
                      fp16cont model, without continue_training's checks and monitors
 
@@ -50,7 +52,8 @@ from _timing import SyncedTimer, block  # noqa: E402  (benchmarks/_timing.py)
 from fp16cont.training.engine import Engine, choose_engine, fit_with_engine  # noqa: E402
 from fp16cont.training.train import prepare_optimizer  # noqa: E402
 
-VARIANTS = ("keras_fp32_fit", "keras_fp32_spe", "keras_mixed_spe", "ct_f16", "ct_f16_u8", "ct_f16_streamed", "ct_mixed", "engine_by_hand")
+VARIANTS = ("keras_fp32_fit", "keras_fp32_spe", "keras_mixed_spe", "ct_f16", "ct_f16_u8", "ct_f16_streamed", "ct_mixed", "engine_by_hand",
+            "ct_f16_u8_nosr", "ct_f16_streamed_p4")
 TARGETS = {  # numerator, denominator, target
     "resnet50": (("ct_f16", "keras_fp32_fit", 1.7), ("ct_f16", "keras_mixed_spe", 1.4), ("ct_f16", "ct_mixed", 1.0),
                  ("ct_f16_streamed", "ct_f16_u8", 0.9), ("ct_f16", "engine_by_hand", 0.97)),
@@ -106,11 +109,11 @@ def variants(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, tuple[
             warnings.simplefilter("ignore")
             return fp16cont.build_fp16_model(source(), precision="float16")
 
-    def ct_epoch(x_key: str, engine: Any = "auto") -> Callable[[keras.Model], float]:
+    def ct_epoch(x_key: str, engine: Any = "auto", **kwargs: Any) -> Callable[[keras.Model], float]:
         def epoch(m: keras.Model) -> float:
             timer = SyncedTimer()
             result = fp16cont.continue_training(m, data[x_key], data["y"], epochs=1, batch_size=bs, verbose=0,
-                                                callbacks=[timer], engine=engine)
+                                                callbacks=[timer], engine=engine, **kwargs)
             data.setdefault("engines", {})[id(m)] = result.engine
             return timer.seconds[-1]
         return epoch
@@ -137,6 +140,8 @@ def variants(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, tuple[
         "ct_f16_u8": (f16, ct_epoch("x8", scale)),
         "ct_f16_streamed": (f16, ct_epoch("x8", streamed)),
         "ct_mixed": (keras_model("mixed_float16", 1), ct_epoch("x32")),
+        "ct_f16_u8_nosr": (f16, ct_epoch("x8", scale, compensation=None)),
+        "ct_f16_streamed_p4": (f16, ct_epoch("x8", Engine("streamed", input_scale=1 / 255, prefetch=4))),
         "engine_by_hand": (by_hand_setup, by_hand_epoch),
     }
 
