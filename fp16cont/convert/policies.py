@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass, field
 from collections.abc import Collection, Sequence
 from typing import Literal, Union
@@ -34,6 +35,7 @@ __all__ = [
     "policy_plan",
     "check_islands",
     "is_output_embedding",
+    "is_normalization",
     "PolicyPlan",
 ]
 
@@ -53,6 +55,10 @@ NORMALIZATION_LAYERS: tuple[type, ...] = tuple(
     if hasattr(keras.layers, name)
 )
 _TOKENS = ("normalization", "output")
+# KerasHub's own RMS/layer norms (LlamaLayerNorm, Gemma's RMSNormalization,
+# MistralLayerNormalization, QwenLayerNorm, Qwen3LayerNorm, Phi3LayerNorm, ...)
+# subclass keras.layers.Layer directly; they are recognized by class name.
+_NORM_CLASS_NAME = re.compile(r"Norm(alization)?(\dd)?$")
 
 
 def check_islands(keep_float32: Sequence[Island] | None) -> tuple[Island, ...]:
@@ -159,7 +165,7 @@ def policy_plan(
     classes = tuple(e for e in entries if isinstance(e, type))
     patterns = tuple(e for e in entries if isinstance(e, str) and e not in _TOKENS)
     outputs = [o for o in output_layers(model) if not is_output_embedding(o)] if "output" in entries else []
-    norm = NORMALIZATION_LAYERS if "normalization" in entries else ()
+    norm = "normalization" in entries
     forced = _layers_owning(model, set(float32_variables))
     plan = PolicyPlan(main)
     for layer in iter_layers(model):
@@ -201,6 +207,39 @@ def is_output_embedding(layer: keras.layers.Layer) -> bool:
     return any(cls.__name__ == "ReversibleEmbedding" for cls in type(layer).__mro__)
 
 
+def is_normalization(layer: keras.layers.Layer) -> bool:
+    """Whether ``layer`` is a normalization layer that the ``"normalization"`` island keeps.
+
+    Keras' normalization layers (``LayerNormalization``, ``RMSNormalization``,
+    ``BatchNormalization``, ...) and the leaf layers whose class name ends in
+    ``Norm`` or ``Normalization``: the RMS norms KerasHub's language models
+    define for themselves (``LlamaLayerNorm``, Gemma's ``RMSNormalization``,
+    ``MistralLayerNormalization``, ``QwenLayerNorm``, ``Qwen3LayerNorm``,
+    ``Phi3LayerNorm``...). A layer with sub-layers (a block that holds a
+    convolution or a dense layer next to its norm) is not one: its
+    sub-layers are planned on their own.
+
+    Args:
+        layer: A layer of the source model.
+
+    Returns:
+        ``True`` for a normalization layer.
+
+    Example:
+        >>> is_normalization(keras.layers.LayerNormalization()), is_normalization(keras.layers.Dense(2))
+        (True, False)
+    """
+    if isinstance(layer, NORMALIZATION_LAYERS):
+        return True
+    if child_layers(layer):
+        return False
+    return any(
+        _NORM_CLASS_NAME.search(cls.__name__) is not None
+        for cls in type(layer).__mro__
+        if isinstance(cls, type) and issubclass(cls, keras.layers.Layer) and cls is not keras.layers.Layer
+    )
+
+
 def _island(layer, outputs, forced, classes, patterns, norm, precision) -> tuple[str | None, str]:
     if any(layer is f for f in forced):
         return "weights kept float32 (on_overflow='keep_float32')", "float32"
@@ -212,7 +251,7 @@ def _island(layer, outputs, forced, classes, patterns, norm, precision) -> tuple
     hit = next((p for p in patterns if any(fnmatch.fnmatchcase(n, p) for n in names)), None)
     if hit is not None:
         return f"keep_float32 pattern {hit!r}", "float32"
-    if isinstance(layer, norm):
+    if norm and is_normalization(layer):
         return "normalization (float32 statistics)", f"mixed_{precision}"
     return None, ""
 

@@ -36,7 +36,7 @@ from fp16cont.errors import (
 )
 from fp16cont.hardware import collective_strategy_active, select_precision
 from fp16cont.numerics import is_low_float, numpy_dtype
-from fp16cont.convert.policies import DEFAULT_ISLANDS, NORMALIZATION_LAYERS, Island, Mode, PolicyPlan, policy_plan
+from fp16cont.convert.policies import DEFAULT_ISLANDS, Island, Mode, PolicyPlan, is_normalization, policy_plan
 from fp16cont.convert.quantize import QuantizedWeights, quantize_weights
 from fp16cont.reporting.results import BuildReport, QuantizationReport, Verification
 from fp16cont.convert.sources import check_float32_source, load_model, variable_arrays
@@ -226,7 +226,7 @@ def inspect(model: keras.Model) -> BuildReport:
 def _seen_reason(layer: keras.layers.Layer, outputs: list[keras.layers.Layer]) -> str:
     if any(layer is o for o in outputs):
         return "output layer"
-    if isinstance(layer, NORMALIZATION_LAYERS):
+    if is_normalization(layer):
         return "normalization (float32 statistics)"
     return f"runs in {effective_policy(layer).name}"
 
