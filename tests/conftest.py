@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -195,3 +196,22 @@ def snapshot(model: keras.Model) -> dict:
         "epsilon": keras.config.epsilon(),
         "image_data_format": keras.config.image_data_format(),
     }
+
+
+def start_beside(request, test_name: str, args: list[str], **popen):
+    """Start the child process of ``test_name`` when its module starts, to run beside the module's other tests.
+
+    A child that only starts Python and a backend (seconds of one busy core) then costs the suite next to no
+    wall time on a machine of two or more cores. Used by a module-scoped fixture; yields ``None`` when
+    ``test_name`` is not among this session's tests, else the ``subprocess.Popen`` (text mode, stdout and
+    stderr piped), killed at the end of the module if the test did not wait for it.
+    """
+    selected = any(item.originalname == test_name and item.path == request.path for item in request.session.items)
+    if not selected:
+        yield None
+        return
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    yield process
+    if process.poll() is None:
+        process.kill()
+    process.communicate()

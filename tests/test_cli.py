@@ -1,4 +1,3 @@
-import subprocess
 import sys
 
 import keras
@@ -6,7 +5,7 @@ import pytest
 
 from fp16cont.cli import main
 from fp16cont.bench.demo import run_demo
-from tests.conftest import MODEL_BUILDERS
+from tests.conftest import MODEL_BUILDERS, start_beside
 
 
 def test_demo_trains_both_precisions_on_real_digits(capsys):
@@ -42,9 +41,15 @@ def test_audit_command_reports_errors_with_exit_status_2(tmp_path, capsys):
     assert "SourceFileNotFoundError" in capsys.readouterr().err
 
 
+@pytest.fixture(scope="module", autouse=True)
+def entry_point_help(request):
+    """``python -m fp16cont --help``, started with the module: it runs beside the demo test."""
+    yield from start_beside(request, "test_python_dash_m_entry_point_help", [sys.executable, "-m", "fp16cont", "--help"])
+
+
 @pytest.mark.subprocess
-def test_python_dash_m_entry_point_help():
-    done = subprocess.run([sys.executable, "-m", "fp16cont", "--help"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and "demo" in done.stdout
-    assert done.stderr == ""  # no TensorFlow startup log (cudart, cuInit, cpu_feature_guard)
+def test_python_dash_m_entry_point_help(entry_point_help):
+    stdout, stderr = entry_point_help.communicate(timeout=120)
+    assert entry_point_help.returncode == 0 and "demo" in stdout
+    assert stderr == ""  # no TensorFlow startup log (cudart, cuInit, cpu_feature_guard)
     assert keras.config.floatx() == "float32"

@@ -1,4 +1,6 @@
 import json
+import os
+import sys
 
 import keras
 import numpy as np
@@ -7,6 +9,7 @@ import pytest
 import fp16cont
 from fp16cont.cli import main
 from fp16cont.reporting.plotting import plot_available
+from tests.conftest import start_beside
 
 
 @pytest.fixture(scope="module")
@@ -101,19 +104,24 @@ def test_compare_on_the_embedded_digits_labels_each_run(tmp_path, capsys):
     assert "[1/2] float32, seed 0" in printed and "[2/2] bfloat16 (fp16cont pure), seed 0" in printed
 
 
-@pytest.mark.subprocess
-def test_offline_named_data_set_says_in_one_line_how_to_get_it(tmp_path):
-    """No Keras cache and no way out (a proxy on a closed port): --data mnist fails in one line, with the fix."""
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "KERAS_HOME": str(tmp_path / "keras"), "HOME": str(tmp_path),
+@pytest.fixture(scope="module", autouse=True)
+def offline_mnist(request, tmp_path_factory):
+    """No Keras cache and no way out (a proxy on a closed port): ``--data mnist`` in a child process, started with
+    the module so that it runs beside the module's other tests."""
+    home = tmp_path_factory.mktemp("offline")
+    env = {**os.environ, "KERAS_HOME": str(home / "keras"), "HOME": str(home),
            "HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "NO_PROXY": "", "no_proxy": ""}
-    done = subprocess.run([sys.executable, "-m", "fp16cont", "compare", str(tmp_path / "unused.keras"), "--data",
-                           "mnist"], capture_output=True, text=True, timeout=300, env=env)
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert done.returncode == 2 and len(errors) == 1, done.stderr
+    yield from start_beside(request, "test_offline_named_data_set_says_in_one_line_how_to_get_it",
+                            [sys.executable, "-m", "fp16cont", "compare", str(home / "unused.keras"), "--data", "mnist"],
+                            env=env)
+
+
+@pytest.mark.subprocess
+def test_offline_named_data_set_says_in_one_line_how_to_get_it(offline_mnist):
+    """No Keras cache and no way out (a proxy on a closed port): --data mnist fails in one line, with the fix."""
+    _, stderr = offline_mnist.communicate(timeout=300)
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert offline_mnist.returncode == 2 and len(errors) == 1, stderr
     assert "DataError" in errors[0] and "mnist.npz" in errors[0] and "digits" in errors[0]
     assert "storage.googleapis.com" in errors[0]
-    assert "cuInit" not in done.stderr and "cudart" not in done.stderr  # the quiet start
+    assert "cuInit" not in stderr and "cudart" not in stderr  # the quiet start

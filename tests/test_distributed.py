@@ -1,4 +1,8 @@
-"""TensorFlow distribution: MirroredStrategy over two logical CPUs, MultiWorkerMirroredStrategy over 127.0.0.1."""
+"""TensorFlow distribution: MirroredStrategy over two logical CPUs, MultiWorkerMirroredStrategy over 127.0.0.1.
+
+Every child process of this module starts at once (module fixture ``children``): each is mostly one busy
+interpreter, so on a machine of several cores they run side by side, and each test waits for its own.
+"""
 
 import json
 import os
@@ -21,14 +25,19 @@ def _env(**extra):
     return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra}
 
 
-def _run(mode, out, **extra):
-    return subprocess.Popen([sys.executable, str(CHILD), mode, str(out)], env=_env(**extra),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+class _Child:
+    """A started child process writing ``out``; its output goes to a file (no pipe to fill while nobody reads)."""
 
+    def __init__(self, mode, out, **extra):
+        self.out, self.log = out, out.with_suffix(".log")
+        with open(self.log, "w") as log:
+            self.process = subprocess.Popen([sys.executable, str(CHILD), mode, str(out)], env=_env(**extra),
+                                            stdout=log, stderr=subprocess.STDOUT, text=True)
 
-def _finish(process):
-    output, _ = process.communicate(timeout=600)
-    assert process.returncode == 0, output[-3000:]
+    def finish(self):
+        self.process.wait(timeout=600)
+        assert self.process.returncode == 0, self.log.read_text()[-3000:]
+        return json.loads(self.out.read_text())
 
 
 def _free_ports(n):
@@ -42,19 +51,40 @@ def _free_ports(n):
 
 
 @pytest.fixture(scope="module")
-def single(tmp_path_factory):
-    out = tmp_path_factory.mktemp("single") / "single.json"
-    _finish(_run("single", out))
-    return json.loads(out.read_text())
+def children(request, tmp_path_factory):
+    """Start every child that this session's tests of the module need, together: TF one device + mirrored,
+    JAX one device + data-parallel, and two MultiWorkerMirroredStrategy workers."""
+    selected = {item.originalname for item in request.session.items if item.path == Path(__file__)}
+    tmp = tmp_path_factory.mktemp("distributed")
+    started = {}
+    if test_mirrored_strategy_with_compensation_and_loss_scaling_matches_one_device.__name__ in selected:
+        started["tf"] = _Child("tf", tmp / "tf.json")
+    if test_jax_data_parallel_over_two_host_devices_matches_one_device.__name__ in selected:
+        try:
+            import jax  # noqa: F401
+
+            started["jax"] = _Child("jax", tmp / "jax.json")
+        except ImportError:
+            pass  # the test skips
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    for i in range(2 * (test_multi_worker_mirrored_strategy_two_local_workers_end_identical.__name__ in selected)):
+        started[f"w{i}"] = _Child("multiworker", tmp / f"w{i}.json",
+                                  TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
+    yield started
+    for child in started.values():  # a test that failed early leaves none running
+        if child.process.poll() is None:
+            child.process.kill()
+            child.process.wait()
 
 
-def test_mirrored_strategy_with_compensation_and_loss_scaling_matches_one_device(tmp_path, single):
-    out = tmp_path / "mirrored.json"
-    _finish(_run("mirrored", out))
-    mirrored = json.loads(out.read_text())
+def test_mirrored_strategy_with_compensation_and_loss_scaling_matches_one_device(children):
+    runs = children["tf"].finish()
+    mirrored, single = runs["mirrored"], runs["single"]
     for precision in ("bfloat16", "float16"):
         got, ref = mirrored[precision], single[precision]
         assert got["replicas"] == 2 and got["compensation"] == "stochastic"
+        assert ref["replicas"] == 1
         # the same global batches; only the order of the gradient sums differs
         assert got["accuracy"] > 0.7 and abs(got["accuracy"] - ref["accuracy"]) < 0.03
         # weights within a few 16-bit ulps of the one-device run
@@ -70,17 +100,8 @@ def test_mirrored_strategy_with_compensation_and_loss_scaling_matches_one_device
     "'Attempt to convert a value (PerReplica...) to a Tensor' (keras-team/keras#20585, "
     "tensorflow/tensorflow#72388); the test turns green when that is fixed upstream",
 )
-def test_multi_worker_mirrored_strategy_two_local_workers_end_identical(tmp_path, single):
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    workers = [
-        _run("multiworker", tmp_path / f"w{i}.json",
-             TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
-        for i in range(2)
-    ]
-    for worker in workers:
-        _finish(worker)
-    first, second = (json.loads((tmp_path / f"w{i}.json").read_text()) for i in range(2))
+def test_multi_worker_mirrored_strategy_two_local_workers_end_identical(children):
+    first, second = (children[f"w{i}"].finish()["multiworker"] for i in range(2))
     assert first["float16"]["replicas"] == 2
     assert first["float16"]["weights"] == second["float16"]["weights"]  # identical on both workers
     assert first["float16"]["accuracy"] > 0.7
@@ -90,12 +111,10 @@ def test_multi_worker_mirrored_strategy_two_local_workers_end_identical(tmp_path
 
 
 @pytest.mark.distributed
-def test_jax_data_parallel_over_two_host_devices_matches_one_device(tmp_path):
+def test_jax_data_parallel_over_two_host_devices_matches_one_device(children):
     pytest.importorskip("jax", reason="the JAX backend is not installed (pip install jax)")
-    single_out, parallel_out = tmp_path / "jax_single.json", tmp_path / "jax_parallel.json"
-    _finish(_run("jax_single", single_out))
-    _finish(_run("jax_dataparallel", parallel_out))
-    one, two = json.loads(single_out.read_text()), json.loads(parallel_out.read_text())
+    runs = children["jax"].finish()
+    one, two = runs["single"], runs["dataparallel"]
     for precision in ("bfloat16", "float16"):
         assert two[precision]["replicas"] == 2 and two[precision]["compensation"] == "stochastic"
         assert two[precision]["accuracy"] > 0.7

@@ -6,6 +6,9 @@ The host devices must be set before JAX starts, hence a process of its own.
         two host devices: the resident and streamed engines without a distribution (one
         device) and under DataParallel (two), an overflow that only one replica sees, the
         one-device reference of the multi-process test, and ModelParallel of a small GPT-2.
+    python engine_distributed_child.py data_parallel OUT.json
+    python engine_distributed_child.py model_parallel OUT.json
+        the two halves of ``devices``, each in a process of its own (they can run side by side).
     python engine_distributed_child.py worker OUT.json PROCESS_ID PORT CHECKPOINT_DIR
         one of two processes joined by jax.distributed (one CPU device each, gloo
         collectives), each feeding its own shard of the data under DataParallel: one
@@ -20,7 +23,7 @@ import time
 mode, out = sys.argv[1], sys.argv[2]
 os.environ["KERAS_BACKEND"] = "jax"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-if mode == "devices":
+if mode in ("devices", "data_parallel", "model_parallel"):
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 else:
     os.environ.pop("XLA_FLAGS", None)  # one CPU device per process
@@ -222,11 +225,12 @@ def worker(results):
 def main():
     results = {}
     start = time.perf_counter()
-    if mode == "devices":
+    if mode in ("devices", "data_parallel"):
         data_parallel_runs(results)
         results["data_parallel_seconds"] = time.perf_counter() - start
+    if mode in ("devices", "model_parallel"):
         model_parallel_runs(results)
-    else:
+    if mode == "worker":
         worker(results)
     results["seconds"] = time.perf_counter() - start
     with open(out, "w") as f:

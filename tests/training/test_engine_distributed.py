@@ -1,6 +1,6 @@
 """The engine under keras.distribution on CPUs: DataParallel and ModelParallel over two host devices, and two
 processes joined by jax.distributed. Each case runs in a child process (JAX's devices are fixed at its start);
-the three children start together."""
+the four children (data- and model-parallel runs, two workers) start together."""
 
 import json
 import os
@@ -42,12 +42,14 @@ def _free_port():
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("engine_distributed")
     port = _free_port()
-    children = [_start("devices", tmp / "devices.json")]
+    # the two-device runs in two processes (data- and model-parallel), so that all four children run side by side
+    children = [_start(half, tmp / f"{half}.json") for half in ("data_parallel", "model_parallel")]
     children += [_start("worker", tmp / f"worker{i}.json", i, port, tmp / "checkpoints") for i in range(2)]
     for child in children:
         _finish(child)
     read = lambda name: json.loads((tmp / name).read_text())  # noqa: E731
-    return {"devices": read("devices.json"), "workers": [read(f"worker{i}.json") for i in range(2)],
+    devices = {**read("data_parallel.json"), **read("model_parallel.json")}
+    return {"devices": devices, "workers": [read(f"worker{i}.json") for i in range(2)],
             "checkpoints": sorted(p.name for p in (tmp / "checkpoints").iterdir())}
 
 
