@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -215,3 +217,38 @@ def start_beside(request, test_name: str, args: list[str], **popen):
     if process.poll() is None:
         process.kill()
     process.communicate()
+
+
+# Modules whose child processes (minutes of one core each, mostly) start with the session, to run beside the
+# tests in this process: module name -> how its ``start_children`` is called.
+_EARLY_MODULES = {
+    "tests.training.test_engine_distributed": lambda module, factory, selected: module.start_children(factory),
+    "tests.test_distributed": lambda module, factory, selected: module.start_children(factory, selected),
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def early_children(request, tmp_path_factory):
+    """The children of the modules in ``_EARLY_MODULES`` that this session runs, started at its first test.
+
+    Returns {module name: what its ``start_children`` returned}; a module not here starts its own.
+    """
+    root = Path(__file__).resolve().parents[1]
+    selected: dict[str, set[str]] = {}
+    for item in request.session.items:
+        try:
+            name = ".".join(item.path.resolve().relative_to(root).with_suffix("").parts)
+        except ValueError:  # a test outside this checkout
+            continue
+        selected.setdefault(name, set()).add(item.originalname)
+    started = {}
+    for name, start in _EARLY_MODULES.items():
+        if name in selected:
+            started[name] = start(importlib.import_module(name), tmp_path_factory, selected[name])
+    yield started
+    for value in started.values():  # children whose tests did not wait for them (a failure, -x)
+        processes = value[1] if isinstance(value, tuple) else [c.process for c in value.values()]
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()

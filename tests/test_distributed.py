@@ -1,7 +1,8 @@
 """TensorFlow distribution: MirroredStrategy over two logical CPUs, MultiWorkerMirroredStrategy over 127.0.0.1.
 
-Every child process of this module starts at once (module fixture ``children``): each is mostly one busy
-interpreter, so on a machine of several cores they run side by side, and each test waits for its own.
+Every child process of this module starts at once, with the session (tests/conftest.py, ``early_children``):
+each is mostly one busy interpreter, so on a machine of several cores they run beside the other tests, and
+each test waits for its own.
 """
 
 import json
@@ -50,16 +51,17 @@ def _free_ports(n):
     return ports
 
 
-@pytest.fixture(scope="module")
-def children(request, tmp_path_factory):
-    """Start every child that this session's tests of the module need, together: TF one device + mirrored,
-    JAX one device + data-parallel, and two MultiWorkerMirroredStrategy workers."""
-    selected = {item.originalname for item in request.session.items if item.path == Path(__file__)}
+def start_children(tmp_path_factory, selected):
+    """Start every child that the ``selected`` tests need, together: TF one device + mirrored, JAX one device +
+    data-parallel, and two MultiWorkerMirroredStrategy workers.
+
+    tests/conftest.py calls this when the session starts, so that they run beside the tests in the main process.
+    """
     tmp = tmp_path_factory.mktemp("distributed")
     started = {}
-    if test_mirrored_strategy_with_compensation_and_loss_scaling_matches_one_device.__name__ in selected:
+    if "test_mirrored_strategy_with_compensation_and_loss_scaling_matches_one_device" in selected:
         started["tf"] = _Child("tf", tmp / "tf.json")
-    if test_jax_data_parallel_over_two_host_devices_matches_one_device.__name__ in selected:
+    if "test_jax_data_parallel_over_two_host_devices_matches_one_device" in selected:
         try:
             import jax  # noqa: F401
 
@@ -68,9 +70,18 @@ def children(request, tmp_path_factory):
             pass  # the test skips
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    for i in range(2 * (test_multi_worker_mirrored_strategy_two_local_workers_end_identical.__name__ in selected)):
+    for i in range(2 * ("test_multi_worker_mirrored_strategy_two_local_workers_end_identical" in selected)):
         started[f"w{i}"] = _Child("multiworker", tmp / f"w{i}.json",
                                   TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
+    return started
+
+
+@pytest.fixture(scope="module")
+def children(request, early_children, tmp_path_factory):
+    started = early_children.get(__name__)
+    if started is None:
+        selected = {item.originalname for item in request.session.items if item.path == request.path}
+        started = start_children(tmp_path_factory, selected)
     yield started
     for child in started.values():  # a test that failed early leaves none running
         if child.process.poll() is None:

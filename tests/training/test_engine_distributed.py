@@ -21,15 +21,19 @@ ROOT = Path(__file__).resolve().parents[2]
 ATOL, RTOL = 0.02, 0.05
 
 
-def _start(*args):
+def _start(out, *args):
+    """A child writing ``out``; its output goes to a file beside it (no pipe to fill while nobody reads)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.Popen([sys.executable, str(CHILD), *map(str, args)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with open(out.with_suffix(".log"), "w") as log:
+        process = subprocess.Popen([sys.executable, str(CHILD), args[0], str(out), *map(str, args[1:])], env=env,
+                                   stdout=log, stderr=subprocess.STDOUT, text=True)
+    process.log = out.with_suffix(".log")
+    return process
 
 
 def _finish(process):
-    output, _ = process.communicate(timeout=600)
-    assert process.returncode == 0, output[-4000:]
+    process.wait(timeout=600)
+    assert process.returncode == 0, process.log.read_text()[-4000:]
 
 
 def _free_port():
@@ -38,13 +42,21 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def start_children(tmp_path_factory):
+    """Start the four children: the two-device runs in two processes (data- and model-parallel) and two workers.
+
+    tests/conftest.py calls this when the session starts, so that they run beside the tests in the main process.
+    """
     tmp = tmp_path_factory.mktemp("engine_distributed")
     port = _free_port()
-    # the two-device runs in two processes (data- and model-parallel), so that all four children run side by side
-    children = [_start(half, tmp / f"{half}.json") for half in ("data_parallel", "model_parallel")]
-    children += [_start("worker", tmp / f"worker{i}.json", i, port, tmp / "checkpoints") for i in range(2)]
+    children = [_start(tmp / f"{half}.json", half) for half in ("data_parallel", "model_parallel")]
+    children += [_start(tmp / f"worker{i}.json", "worker", i, port, tmp / "checkpoints") for i in range(2)]
+    return tmp, children
+
+
+@pytest.fixture(scope="module")
+def runs(early_children, tmp_path_factory):
+    tmp, children = early_children.get(__name__) or start_children(tmp_path_factory)
     for child in children:
         _finish(child)
     read = lambda name: json.loads((tmp / name).read_text())  # noqa: E731
