@@ -472,6 +472,9 @@ class TrainingResult:
         initial_epoch: Epochs already done when this run started (resumed
             from ``checkpoint_dir``).
         lora: For a LoRA model, what trains and what is frozen, in which dtype.
+        batchnorm: What ``recalibrate_batchnorm=`` did after training
+            (``None`` when it was not asked for or the model has no
+            BatchNormalization layer).
     """
 
     model: keras.Model = field(repr=False)
@@ -494,6 +497,7 @@ class TrainingResult:
     engine: str = "fit"
     engine_reason: str = ""
     lora: str | None = None
+    batchnorm: BatchNormRecalibration | None = None
 
     @property
     def bytes_per_parameter(self) -> float:
@@ -521,7 +525,7 @@ class TrainingResult:
             f"{table}\ntrained in {_trains_in(self.precision)}\n"
             f"bytes of variables: weights {format_bytes(self.weight_bytes)}, optimizer state "
             f"{format_bytes(self.optimizer_bytes)}; {self.wall_seconds:.1f} s{scale}"
-        ) + (f"\n{self.lora}" if self.lora else "")
+        ) + (f"\n{self.lora}" if self.lora else "") + (f"\n{self.batchnorm.summary()}" if self.batchnorm else "")
 
 
 @dataclass(frozen=True)

@@ -189,3 +189,28 @@ def test_nan_weights_raise_and_leave_every_statistic_as_it_was():
         fp16cont.recalibrate_batchnorm(model, _data(40))
     for a, v in zip(before, model.non_trainable_variables):
         np.testing.assert_array_equal(a, v.numpy())
+
+
+def test_continue_training_recalibrates_on_request_on_random_batches():
+    model, x = _stacked(), _data(70)
+    y = np.zeros((70, 3), "float32")
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    plain = fp16cont.continue_training(model, x, y, batch_size=16, verbose=0)
+    assert plain.batchnorm is None
+    stale = model.layers[1].moving_mean.numpy().copy()
+    result = fp16cont.continue_training(model, x, y, batch_size=16, verbose=0, recalibrate_batchnorm=2)
+    assert (result.batchnorm.batches, result.batchnorm.samples) == (2, 32)  # 2 random batches of 16 rows
+    assert result.batchnorm.layers == (model.layers[1].path, model.layers[3].path)
+    assert not np.allclose(model.layers[1].moving_mean.numpy(), stale)
+    assert "recalibrated 2 BatchNormalization layer(s)" in result.summary()
+    with pytest.raises(InvalidArgumentError, match="recalibrate_batchnorm"):
+        fp16cont.continue_training(model, x, y, verbose=0, recalibrate_batchnorm=-1)
+
+
+def test_continue_training_warns_that_a_generator_cannot_be_read_again():
+    model, x = _stacked(), _data(32)
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    batches = ((x[i : i + 16], np.zeros((16, 3), "float32")) for i in (0, 16))
+    with pytest.warns(UserWarning, match="cannot be read a second time"):
+        result = fp16cont.continue_training(model, batches, verbose=0, recalibrate_batchnorm=True)
+    assert result.batchnorm is None
