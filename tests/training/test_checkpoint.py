@@ -37,11 +37,32 @@ def _latest_epoch(folder):
         return 0
 
 
+COMPENSATIONS = ["kahan", "stochastic"]
+
+
+def start_children(tmp_path_factory):
+    """The uninterrupted reference run of each compensation: independent of the rest, they start at once.
+
+    tests/conftest.py calls this when the session starts, so that they run beside the tests in the main process.
+    """
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    return {c: (_run(tmp / c, tmp / f"{c}.npz", "fast", c), tmp / f"{c}.npz") for c in COMPENSATIONS}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(early_children, tmp_path_factory):
+    started = early_children.get(__name__) or start_children(tmp_path_factory)
+    yield started
+    for process, _ in started.values():  # a test that failed early leaves none running
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 @pytest.mark.subprocess
-@pytest.mark.parametrize("compensation", ["kahan", "stochastic"])
-def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path, compensation):
-    # the uninterrupted run and the run to be killed are independent: they start together
-    whole = _run(tmp_path / "a", tmp_path / "a.npz", "fast", compensation)
+@pytest.mark.parametrize("compensation", COMPENSATIONS)
+def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path, compensation, uninterrupted):
+    whole, whole_out = uninterrupted[compensation]
     killed = _run(tmp_path / "b", tmp_path / "b.npz", "slow", compensation)
     deadline = time.time() + 240
     while _latest_epoch(tmp_path / "b") < 2 and time.time() < deadline and killed.poll() is None:
@@ -55,7 +76,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path, compens
     resumed = _run(tmp_path / "b", tmp_path / "b.npz", "fast", compensation)
     assert whole.wait(timeout=300) == 0
     assert resumed.wait(timeout=300) == 0
-    epoch_a, weights_a = _weights(tmp_path / "a.npz")
+    epoch_a, weights_a = _weights(whole_out)
     epoch_b, weights_b = _weights(tmp_path / "b.npz")
     assert (epoch_a, epoch_b) == (0, done)
     assert weights_a == weights_b  # bit-identical: same data order, weights and optimizer state
