@@ -17,6 +17,7 @@ from fp16cont.errors import DataError, InvalidArgumentError
 
 __all__ = [
     "is_array_like",
+    "is_tf_dataset",
     "check_fit_args",
     "check_fits_model",
     "check_finite",
@@ -39,6 +40,16 @@ def is_array_like(x: Any) -> bool:
         return bool(x) and all(is_array_like(v) for v in x)
     has_dtype = hasattr(x, "dtype") or hasattr(x, "dtypes")  # numpy-like arrays and pandas frames
     return hasattr(x, "shape") and has_dtype and not hasattr(x, "element_spec")
+
+
+def is_tf_dataset(x: Any) -> bool:
+    """Whether ``x`` is a ``tf.data.Dataset`` (recognised without importing TensorFlow).
+
+    Example:
+        >>> is_tf_dataset(np.zeros(3))
+        False
+    """
+    return hasattr(x, "element_spec") and hasattr(x, "as_numpy_iterator")
 
 
 def _first_array(x: Any) -> Any:

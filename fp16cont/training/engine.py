@@ -55,7 +55,7 @@ import numpy as np
 
 from fp16cont import _keras_compat as compat
 from fp16cont.reporting.results import EngineChoice
-from fp16cont.training.data import is_array_like
+from fp16cont.training.data import is_array_like, is_tf_dataset
 from fp16cont.errors import DataError, InvalidArgumentError, UnsupportedBackendError
 
 __all__ = ["ENGINE_MODES", "Engine", "EngineChoice", "as_engine", "choose_engine", "fit_with_engine", "upload", "Resident"]
@@ -218,7 +218,7 @@ def _why_not_jax_engine(backend: str, x: Any, fit_kwargs: dict[str, Any], mode: 
         return f"fit arguments {unknown} are only handled by Keras' fit"
     if is_array_like(x) or isinstance(x, Resident):
         return None
-    if _is_tf_dataset(x) or isinstance(x, keras.utils.PyDataset):
+    if is_tf_dataset(x) or isinstance(x, keras.utils.PyDataset):
         if mode == "resident":
             return f"resident mode needs arrays, not a {type(x).__name__}"
         if fit_kwargs.get("validation_split"):
@@ -498,7 +498,7 @@ def _should_validate(epoch: int, freq: Any) -> bool:
 
 
 def _validate(model: keras.Model, validation_data: Any, kw: dict[str, Any], batch_size: int, cbs: Any) -> dict[str, Any]:
-    if isinstance(validation_data, (tuple, list)) and not _is_tf_dataset(validation_data):
+    if isinstance(validation_data, (tuple, list)) and not is_tf_dataset(validation_data):
         vx, vy, vsw = keras.utils.unpack_x_y_sample_weight(tuple(validation_data))
     else:
         vx, vy, vsw = validation_data, None, None
@@ -953,7 +953,7 @@ def _leading(chunk: Any) -> int:
 
 
 def _batches(source: Any) -> Iterator[Any]:
-    if _is_tf_dataset(source):
+    if is_tf_dataset(source):
         return iter(source.as_numpy_iterator())
     if isinstance(source, keras.utils.PyDataset):
         return (source[i] for i in range(len(source)))
@@ -962,7 +962,7 @@ def _batches(source: Any) -> Iterator[Any]:
 
 def _dataset_steps(source: Any, limit: int | None) -> int | None:
     steps: int | None = None
-    if _is_tf_dataset(source):
+    if is_tf_dataset(source):
         cardinality = int(source.cardinality())
         steps = cardinality if cardinality >= 0 else None
     elif isinstance(source, keras.utils.PyDataset):
@@ -1037,7 +1037,3 @@ def _fits_device(nbytes: int, fraction: float) -> bool:
         stats = {}
     limit = stats.get("bytes_limit")
     return not limit or nbytes <= fraction * limit
-
-
-def _is_tf_dataset(x: Any) -> bool:
-    return hasattr(x, "element_spec") and hasattr(x, "as_numpy_iterator")

@@ -29,7 +29,9 @@ from fp16cont.optim.compensation import COMPENSATIONS, CompensatedOptimizer, Com
 from fp16cont.training.guard import NonFiniteGuard
 from fp16cont.optim.loss_scale import DynamicLossScale, LossScaleMonitor, find_loss_scale
 from fp16cont.reporting.stagnation import StagnationMonitor
-from fp16cont.training.data import batch_rows, check_fit_args, check_fits_model, is_array_like, samples_per_epoch
+from fp16cont.training.data import (
+    batch_rows, check_fit_args, check_fits_model, is_array_like, is_tf_dataset, sample_count, samples_per_epoch,
+)
 from fp16cont.training.engine import Engine, Resident, as_engine, choose_engine, fit_with_engine
 from fp16cont.training.tf_engine import fit_compiled
 from fp16cont.errors import InvalidArgumentError, InvalidSourceError, MissingLossError
@@ -295,12 +297,12 @@ def _recalibrate(model: keras.Model, x: Any, batch_size: int, steps: int, seed: 
     if not batchnorm_layers(model):
         return None
     if is_array_like(x):
-        rows = len(keras.tree.flatten(x)[0])
+        rows = sample_count(x)
         take = min(rows, steps * batch_size)
         index = np.sort(np.random.default_rng([seed, 0xB4]).choice(rows, take, replace=False))
         subset = keras.tree.map_structure(lambda a: np.asarray(a)[index], x)
         return recalibrate_batchnorm(model, subset, batch_size=batch_size)
-    if _rereadable(x):
+    if is_tf_dataset(x) or isinstance(x, keras.utils.PyDataset):  # both can be read again
         return recalibrate_batchnorm(model, x, steps=steps)
     warnings.warn(
         f"recalibrate_batchnorm: {type(x).__name__} inputs cannot be read a second time, so the BatchNormalization "
@@ -309,12 +311,6 @@ def _recalibrate(model: keras.Model, x: Any, batch_size: int, steps: int, seed: 
         stacklevel=3,
     )
     return None
-
-
-def _rereadable(x: Any) -> bool:
-    if isinstance(x, keras.utils.PyDataset):
-        return True
-    return type(x).__module__.startswith("tensorflow") and hasattr(x, "element_spec")
 
 
 def resolve_optimizer(optimizer: Any) -> keras.optimizers.Optimizer:
