@@ -250,7 +250,7 @@ def check_finite(x: Any, what: str = "x") -> None:
         >>> try:
         ...     check_finite(np.array([[0.0, 1.0], [np.nan, 2.0]]))
         ... except DataError as err:
-        ...     print(str(err)[:48])
+        ...     print(str(err)[:47])
         `x` holds NaN or Inf in 1 of 2 samples (rows 1)
     """
     _check_finite_data(x, what)
