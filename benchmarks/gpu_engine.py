@@ -20,7 +20,10 @@ depend on pixel values):
 Each variant first runs one untimed epoch (its wall time, compilation
 included but not the model's build, is reported as ``first_epoch_s``), then the variants are timed in
 alternation, ``--repeats`` epochs each; an epoch is timed from its start to
-the device having finished it. ``--memory VARIANT`` instead runs that one
+the device having finished it. With ``--epochs-per-call N`` each timed call
+trains N epochs and its last one is timed (steady state within a call: the
+streamed mode's first chunk of an epoch is then prepared during the previous
+epoch, as in any multi-epoch run). ``--memory VARIANT`` instead runs that one
 variant for one epoch in this process and reports the device's peak bytes
 (run each in a fresh process; ``XLA_PYTHON_CLIENT_PREALLOCATE=false``).
 
@@ -101,7 +104,7 @@ def variants(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, tuple[
 
     def fit_epoch(m: keras.Model) -> float:
         timer = SyncedTimer()
-        m.fit(data["x32"], data["y"], batch_size=bs, epochs=1, verbose=0, callbacks=[timer])
+        m.fit(data["x32"], data["y"], batch_size=bs, epochs=args.epochs_per_call, verbose=0, callbacks=[timer])
         return timer.seconds[-1]
 
     def f16() -> keras.Model:
@@ -112,7 +115,7 @@ def variants(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, tuple[
     def ct_epoch(x_key: str, engine: Any = "auto", **kwargs: Any) -> Callable[[keras.Model], float]:
         def epoch(m: keras.Model) -> float:
             timer = SyncedTimer()
-            result = fp16cont.continue_training(m, data[x_key], data["y"], epochs=1, batch_size=bs, verbose=0,
+            result = fp16cont.continue_training(m, data[x_key], data["y"], epochs=args.epochs_per_call, batch_size=bs, verbose=0,
                                                 callbacks=[timer], engine=engine, **kwargs)
             data.setdefault("engines", {})[id(m)] = result.engine
             return timer.seconds[-1]
@@ -126,7 +129,7 @@ def variants(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, tuple[
     def by_hand_epoch(m: keras.Model) -> float:
         timer = SyncedTimer()
         engine = Engine()
-        fit_with_engine(m, data["x32"], data["y"], choice=choose_engine(engine, data["x32"], {}), engine=engine, epochs=1,
+        fit_with_engine(m, data["x32"], data["y"], choice=choose_engine(engine, data["x32"], {}), engine=engine, epochs=args.epochs_per_call,
                         batch_size=bs, validation_data=None, callbacks=[timer], verbose=0, fit_kwargs={})
         return timer.seconds[-1]
 
@@ -178,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--spe", type=int, default=32, help="Keras steps_per_execution of the *_spe variants")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--epochs-per-call", type=int, default=1,
+                        help="epochs per fit/continue_training call; the call's last epoch is the one timed")
     parser.add_argument("--memory", default=None, help="one variant: report its peak device bytes after one epoch")
     parser.add_argument("--tiny", action="store_true", help="32x32 images, batch 16, 4 steps: a CPU smoke test")
     parser.add_argument("--out", default=None)
@@ -216,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                    "min_img_s": min(images / s for s in seconds[name]), "max_img_s": max(images / s for s in seconds[name]),
                    "first_epoch_s": round(first_epoch[name], 2)} for name in names}
     engines = {name: data.get("engines", {}).get(id(models[name])) for name in names}
-    lines = [f"{args.model}, batch {args.batch_size}, {args.steps} steps/epoch, {args.repeats} alternated repeats, "
+    lines = [f"{args.model}, batch {args.batch_size}, {args.steps} steps/epoch, {args.repeats} alternated repeats, {args.epochs_per_call} epoch(s) per call (last timed), "
              f"backend {keras.backend.backend()}", "", "| variant | engine | median img/s | min | max | first epoch s |",
              "| --- | --- | --- | --- | --- | --- |"]
     for name, row in rows.items():

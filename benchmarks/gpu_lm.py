@@ -15,6 +15,9 @@ One process, JAX backend; nothing here imports TensorFlow. Two parts:
                       ``Task.fit`` would first convert them to a tf.data/Grain dataset),
                       ``steps_per_execution=--spe``
      keras_mixed_fit  the same, ``steps_per_execution=1`` (Keras' default)
+     keras_mixed_sgd  keras_mixed_fit with plain SGD instead of AdamW: the cheapest update there
+                      is, so keras_mixed_fit's step time minus this one bounds what any
+                      optimizer-state format (16-bit included) can save per step
      ct_bf16_emb32    ct_bf16 with the tied token embedding (and so the logits) kept
                       float32: ``keep_float32=("normalization", "output", "token_embedding")``
 
@@ -83,8 +86,8 @@ def make_lm(config: dict[str, Any], dtype: Any = None) -> keras.Model:
     return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
 
 
-def compile_lm(model: keras.Model, spe: int = 1) -> keras.Model:
-    model.compile(optimizer=keras.optimizers.AdamW(1e-4, weight_decay=0.01),
+def compile_lm(model: keras.Model, spe: int = 1, optimizer: Any = None) -> keras.Model:
+    model.compile(optimizer=optimizer or keras.optimizers.AdamW(1e-4, weight_decay=0.01),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), steps_per_execution=spe)
     return model
 
@@ -139,12 +142,12 @@ def variants(args: argparse.Namespace, x: Any, y: Any) -> dict[str, tuple[Callab
             cache["m"] = compile_lm(make_lm(backbone_config(args)))
         return cache["m"]
 
-    def keras_mixed(spe: int) -> Callable[[], keras.Model]:
+    def keras_mixed(spe: int, optimizer: Callable[[], Any] | None = None) -> Callable[[], keras.Model]:
         def setup() -> keras.Model:
             keras.utils.set_random_seed(0)
             m = make_lm(backbone_config(args), dtype="mixed_bfloat16")
             m.set_weights(source().get_weights())
-            return compile_lm(m, spe)
+            return compile_lm(m, spe, optimizer() if optimizer else None)
         return setup
 
     def fit_epoch(m: keras.Model) -> float:
@@ -170,7 +173,8 @@ def variants(args: argparse.Namespace, x: Any, y: Any) -> dict[str, tuple[Callab
 
     emb32 = {"keep_float32": ("normalization", "output", "token_embedding")}
     return {"ct_bf16": (ct_setup(), ct_epoch), "ct_bf16_emb32": (ct_setup(**emb32), ct_epoch), "keras_mixed_spe": (keras_mixed(args.spe), fit_epoch),
-            "keras_mixed_fit": (keras_mixed(1), fit_epoch), "_cache": cache}  # type: ignore[dict-item]
+            "keras_mixed_fit": (keras_mixed(1), fit_epoch),
+            "keras_mixed_sgd": (keras_mixed(1, lambda: keras.optimizers.SGD(1e-4)), fit_epoch), "_cache": cache}  # type: ignore[dict-item]
 
 
 def throughput(args: argparse.Namespace) -> dict[str, Any]:
@@ -376,6 +380,10 @@ def report(payload: dict[str, Any], args: argparse.Namespace) -> str:
     lines += ["", "| ratio | tokens/s | target | bytes | target |", "| --- | --- | --- | --- | --- |"]
     for r in t["ratios"]:
         lines.append(f"| {r['ratio']} | {r['tokens_s']:.2f}x | >= {r['target_speed']} | {r['bytes']:.3f}x | <= {r['target_bytes']} |")
+    if "keras_mixed_fit" in rows and "keras_mixed_sgd" in rows:
+        adamw, sgd = (1 / rows[n]["median_tokens_s"] for n in ("keras_mixed_fit", "keras_mixed_sgd"))
+        lines.append(f"AdamW's share of the Keras mixed step beyond plain SGD's: {1 - sgd / adamw:.1%}; removing all of it "
+                     f"would make the step {adamw / sgd:.3f}x as fast")
     for r in payload.get("search", []):
         if "skipped" in r:
             lines.append(f"search {r['variant']} layers={r['layers']}: skipped ({r['skipped']})")

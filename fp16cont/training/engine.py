@@ -414,7 +414,8 @@ def fit_with_engine(
     if choice.mode == "resident":
         feeder = _ResidentFeeder(x, y, sample_weight, class_weight, batch_size, shuffle, engine, kw.get("steps_per_epoch"), choice.steps_per_execution, placement)
     else:
-        feeder = _StreamFeeder(x, y, sample_weight, class_weight, batch_size, shuffle, engine, kw.get("steps_per_epoch"), choice.steps_per_execution, placement)
+        feeder = _StreamFeeder(x, y, sample_weight, class_weight, batch_size, shuffle, engine, kw.get("steps_per_epoch"), choice.steps_per_execution, placement,
+                               epochs=(int(kw.get("initial_epoch", 0) or 0), epochs))
     prep = _preprocess(engine, feeder.uint8_inputs)
     _build(model, feeder.example_batch(), prep, jax)
     shardings = settle = None
@@ -790,10 +791,18 @@ class _ResidentFeeder(_Feeder):
 
 
 class _StreamFeeder(_Feeder):
-    """Chunks of batches prepared on the host by a thread and copied to the device ahead."""
+    """Chunks of batches prepared on the host by a thread and copied to the device ahead.
+
+    For arrays the chunk order of every epoch is known in advance, so one
+    background stream runs through all of ``epochs``: the first chunks are
+    prepared while the step compiles, and each epoch's first chunks while the
+    previous epoch's last ones train. Datasets, whose next epoch may depend on
+    the end of this one, get one stream per epoch.
+    """
 
     def __init__(self, x: Any, y: Any, sw: Any, class_weight: Any, batch_size: int, shuffle: Any,
-                 engine: Engine, steps_per_epoch: int | None, spe: int, placement: _Placement | None = None) -> None:
+                 engine: Engine, steps_per_epoch: int | None, spe: int, placement: _Placement | None = None,
+                 epochs: tuple[int, int] | None = None) -> None:
         self.engine, self.spe, self.shuffle, self.batch_size = engine, spe, shuffle, batch_size
         self.placement = placement
         self.class_weight = class_weight
@@ -821,9 +830,22 @@ class _StreamFeeder(_Feeder):
         import jax
 
         self.uint8_inputs = all(str(np.asarray(a).dtype) == "uint8" for a in jax.tree_util.tree_leaves(self._example[0]))
+        self._epochs = epochs
+        self._stream: _Prefetcher | None = None
+        self._stream_epoch = -1  # the epoch of the stream's next chunk
+        if self.arrays is not None and epochs is not None and epochs[0] < epochs[1]:
+            self._open_stream(epochs[0])
 
     def example_batch(self) -> tuple[Any, Any, Any]:
         return self._example
+
+    def _open_stream(self, first: int) -> _Prefetcher:
+        """Start preparing the chunks of epochs ``first`` up to the run's last, in order."""
+        self.close_stream()
+        last = self._epochs[1] if self._epochs is not None else first + 1
+        chunks = ((e, *chunk) for e in range(first, max(last, first + 1)) for chunk in self._host_chunks(e))
+        self._stream, self._stream_epoch = self._prefetcher(chunks), first
+        return self._stream
 
     def _with_weights(self, batch: Any) -> tuple[Any, Any, Any]:
         x, y, sw = keras.utils.unpack_x_y_sample_weight(batch)
@@ -871,30 +893,67 @@ class _StreamFeeder(_Feeder):
             batches = batches + [batches[-1]] * (self.spe - len(batches))  # padding, never trained on
         return _stack(batches)
 
-    def epoch(self, epoch: int) -> Iterator[tuple[int, int, tuple[Any, Any, int]]]:
-        prefetcher = _Prefetcher(self._host_chunks(epoch), self.engine.prefetch,
-                                 None if self.placement is None else self.placement.put)
+    def _prefetcher(self, chunks: Iterator[tuple[Any, ...]]) -> _Prefetcher:
+        prefetcher = _Prefetcher(chunks, self.engine.prefetch, None if self.placement is None else self.placement.put)
         self._threads.append(prefetcher)
+        return prefetcher
+
+    def _chunk(self, start: int, count: int, device_chunk: Any) -> tuple[int, int, tuple[Any, Any, Any, bool]]:
+        loop = self.spe > 1 and count > 1 or _leading(device_chunk) > count
+        return start, start + count - 1, (device_chunk, np.int32(0), np.int32(count), loop)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[int, int, tuple[Any, Any, int]]]:
+        if self.arrays is None:
+            yield from self._dataset_epoch(epoch)
+            return
+        stream = self._stream if self._stream is not None and self._stream_epoch == epoch else self._open_stream(epoch)
+        full, remainder = _epoch_plan(self.n, self.batch_size, self._limit)
+        left, finished = len(_chunks(full, self.spe)) + (1 if remainder else 0), False
+        try:
+            for _, *chunk in stream:  # exactly this epoch's chunks: the next epoch's stay queued
+                left -= 1
+                yield self._chunk(*chunk)
+                if not left:
+                    break
+            finished = True
+        finally:
+            self._stream_epoch = epoch + 1
+            if not finished:  # left mid-epoch: what was read ahead is dropped
+                self.close_stream()
+
+    def _dataset_epoch(self, epoch: int) -> Iterator[tuple[int, int, tuple[Any, Any, int]]]:
+        prefetcher = self._prefetcher(self._host_chunks(epoch))
         try:
             for start, count, device_chunk in prefetcher:
-                loop = self.spe > 1 and count > 1 or _leading(device_chunk) > count
-                yield start, start + count - 1, (device_chunk, np.int32(0), np.int32(count), loop)
+                yield self._chunk(start, count, device_chunk)
         finally:
             prefetcher.stop()
             self._threads.remove(prefetcher)
 
+    def close_stream(self) -> None:
+        """Stop the array stream and drop the chunks it read ahead."""
+        if self._stream is not None:
+            self._stream.stop()
+            self._threads.remove(self._stream)
+        self._stream = None
+
     def close(self) -> None:
+        self.close_stream()
         for thread in list(self._threads):
             thread.stop()
         self._pool.shutdown(wait=False)
 
 
 class _Prefetcher:
-    """Runs a host-chunk iterator in a thread, ``jax.device_put``-ing each chunk ahead of use."""
+    """Runs a host-chunk iterator in a thread, ``jax.device_put``-ing each chunk ahead of use.
+
+    Items are tuples whose last element is the host chunk; they come out with
+    the device chunk in its place.
+    """
 
     _DONE = object()
 
-    def __init__(self, chunks: Iterator[tuple[int, int, Any]], depth: int, put: Callable[[Any], Any] | None = None) -> None:
+    def __init__(self, chunks: Iterator[tuple[Any, ...]], depth: int, put: Callable[[Any], Any] | None = None) -> None:
         import jax
 
         put = put or jax.device_put
@@ -903,8 +962,8 @@ class _Prefetcher:
 
         def work() -> None:
             try:
-                for start, count, host in chunks:
-                    item = (start, count, put(host))
+                for *meta, host in chunks:
+                    item = (*meta, put(host))
                     while not self._stopped.is_set():
                         try:
                             self._queue.put(item, timeout=0.1)
@@ -920,7 +979,7 @@ class _Prefetcher:
         self._thread = threading.Thread(target=work, name="fp16cont-prefetch", daemon=True)
         self._thread.start()
 
-    def __iter__(self) -> Iterator[tuple[int, int, Any]]:
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
         while True:
             item = self._queue.get()
             if item is self._DONE:

@@ -97,6 +97,51 @@ def test_shuffled_resident_and_streamed_runs_see_the_same_batches(digits):
     assert _same_weights(a, c) > 0.0
 
 
+class _StopAt(keras.callbacks.Callback):
+    def __init__(self, epoch: int, batch: int | None = None) -> None:
+        super().__init__()
+        self.epoch, self.batch, self.current = epoch, batch, -1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.current == self.epoch and self.batch is not None and batch >= self.batch:
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch and self.batch is None:
+            self.model.stop_training = True
+
+
+def _prefetch_threads() -> list:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "fp16cont-prefetch" and t.is_alive()]
+
+
+@jax_only
+@pytest.mark.parametrize("stop_batch", [None, 3])
+def test_streamed_runs_read_ahead_across_epochs_and_stop_cleanly(digits, stop_batch):
+    """The stream prepares later epochs' chunks ahead; a stop (mid-epoch or at its end) drops them."""
+    (x, y), _ = digits
+    engine = Engine("streamed", shuffle_seed=3, steps_per_execution=2)
+    a, b = _model(), _model()
+    fp16cont.continue_training(a, x, y, epochs=2, verbose=0, batch_size=64, engine=Engine("resident", shuffle_seed=3, steps_per_execution=2))
+    stopped = fp16cont.continue_training(b, x, y, epochs=4, verbose=0, batch_size=64, engine=engine,
+                                         callbacks=[_StopAt(1, stop_batch)])
+    assert len(stopped.history.history["loss"]) == 2
+    assert not _prefetch_threads()
+    if stop_batch is None:  # two whole epochs of the same batches as resident
+        assert _same_weights(a, b) == 0.0
+    else:
+        assert _same_weights(a, b) > 0.0
+    c = _model()  # a later run resumes at its initial epoch with that epoch's order
+    fp16cont.continue_training(c, x, y, epochs=1, verbose=0, batch_size=64, engine=engine)
+    fp16cont.continue_training(c, x, y, epochs=2, initial_epoch=1, verbose=0, batch_size=64, engine=engine)
+    assert _same_weights(a, c) == 0.0
+
+
 class _Recorder(keras.callbacks.Callback):
     def __init__(self) -> None:
         super().__init__()
