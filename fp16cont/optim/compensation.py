@@ -194,7 +194,7 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
             self.built = True
         # One gradient dtype: the updates run in float32 anyway, and a
         # distributed all-reduce cannot pack float32 and 16-bit tensors together.
-        grads = [g if g is None else ops.cast(_dense(g), "float32") for g in grads]
+        grads = [g if g is None else _dense_float32(g) for g in grads]
         fused = self._fused_apply(trainable_variables)
         if fused is not None:
             fused(grads)
@@ -428,7 +428,13 @@ def _dense(gradient: Any) -> Any:
 
 
 def _dense_float32(gradient: Any) -> Any:
+    if keras.backend.standardize_dtype(getattr(gradient, "dtype", None) or "float32") == "float32" and not _is_sparse(gradient):
+        return gradient  # already dense float32 (the loss scale's unscaled gradients): no per-variable cast
     return ops.cast(_dense(gradient), "float32")
+
+
+def _is_sparse(gradient: Any) -> bool:
+    return type(gradient).__name__ in ("IndexedSlices", "SparseTensor", "BCOO")
 
 
 def default_compensation(precision: str) -> str | None:

@@ -75,13 +75,15 @@ def parallel_step(wrapper: Any, parallel: Callable[[Any, Any, Any], None], low_f
         groups = {dtype: [k for k, v in enumerate(real) if str(v.dtype) == dtype] for dtype in sorted({str(v.dtype) for v in real})}
         flats, views = {}, [None] * len(real)
         for dtype, group in groups.items():
-            # one float32 buffer per dtype; each variable's view is a slice of it, updated in place
-            flats[dtype] = torch.empty(sum(real[k].value.numel() for k in group), dtype=torch.float32,
-                                       device=real[group[0]].value.device)
-            for k, part in zip(group, flats[dtype].split([real[k].value.numel() for k in group])):
+            # one float32 buffer per dtype, made by one concatenation and one cast (not one copy per
+            # variable: on a GPU each is a Python dispatch); each variable's view is a slice of it
+            flats[dtype] = flat = _concatenate([real[k].value for k in group])
+            kahan = [buffers[k] for k in group]
+            if all(b is not None for b in kahan):
+                flat.add_(_concatenate([b.value for b in kahan]))
+            for k, part in zip(group, flat.split([real[k].value.numel() for k in group])):
                 value = part.view(real[k].value.shape)
-                value.copy_(real[k].value)
-                if buffers[k] is not None:
+                if buffers[k] is not None and not all(b is not None for b in kahan):
                     value.add_(buffers[k].value)
                 views[k] = _Float32View(real[k], value)
         for view in views:
@@ -93,6 +95,13 @@ def parallel_step(wrapper: Any, parallel: Callable[[Any, Any, Any], None], low_f
                 wrapper._proxies.entries.pop(id(view), None)
         for dtype, group in groups.items():
             _write_back(wrapper, [real[k] for k in group], [buffers[k] for k in group], flats[dtype], dtype)
+
+
+def _concatenate(tensors: Sequence[Any]) -> Any:
+    """The tensors flattened end to end, as one new float32 tensor (exact for 16-bit inputs)."""
+    import torch
+
+    return torch.cat([t.reshape(-1) for t in tensors]).to(torch.float32)
 
 
 def _write_back(wrapper: Any, variables: list[Any], buffers: list[Any], flat: Any, dtype: str) -> None:
@@ -180,8 +189,8 @@ def all_finite(grads: Sequence[Any]) -> Any:
 def loss_scale_finite_step(scaler: Any, grads: Sequence[Any], trainable_variables: Any) -> None:
     """Keras' ``LossScaleOptimizer`` finite step with multi-tensor operations.
 
-    The gradients are unscaled in float32 with one ``torch._foreach_div_``
-    (Keras: one division per gradient), the inner optimizer applies them, and
+    The gradients are unscaled in float32 as one concatenated tensor (Keras:
+    one cast and one division per gradient), the inner optimizer applies them, and
     the growth of the scale is computed without a branch (Keras' ``ops.cond``
     reads the counter on the host, a device sync every step).
 
@@ -193,10 +202,13 @@ def loss_scale_finite_step(scaler: Any, grads: Sequence[Any], trainable_variable
     import torch
 
     with torch.no_grad():
-        unscaled = [None if g is None else g.float() for g in grads]
-        present = [g for g in unscaled if g is not None]
+        present = [g for g in grads if g is not None]
+        unscaled: list[Any] = [None] * len(grads)
         if present:
-            torch._foreach_div_(present, scaler.dynamic_scale.value.float())
+            # unscaled in float32 by one concatenation, one cast and one division
+            flat = _concatenate(present).div_(scaler.dynamic_scale.value.float())
+            parts = iter(p.view(g.shape) for p, g in zip(flat.split([g.numel() for g in present]), present))
+            unscaled = [None if g is None else next(parts) for g in grads]
     scaler.inner_optimizer.apply(unscaled, trainable_variables=trainable_variables)
     with torch.no_grad():
         grow = torch.eq(scaler.step_counter.value, scaler.dynamic_growth_steps - 1)

@@ -49,6 +49,21 @@ _CHILD = textwrap.dedent(
     out["stochastic"] = run("stochastic", keras.optimizers.SGD(1e-3))
     out["kahan"] = run("kahan", keras.optimizers.SGD(1e-3))
     out["momentum"] = run("stochastic", keras.optimizers.SGD(1e-3, momentum=0.9))
+
+    # through the dynamic loss scale: float16 and float32 variables, gradients scaled, one overflow skipped
+    from fp16cont.optim.loss_scale import DynamicLossScale
+    v16 = keras.Variable(np.ones((64, 64), np.float32), dtype="float16", name="w16")
+    v32 = keras.Variable(np.ones((8,), np.float32), dtype="float32", name="w32")
+    scaled = DynamicLossScale(CompensatedOptimizer(keras.optimizers.SGD(1e-3), "stochastic"), initial_scale=2.0**10)
+    scaled.build([v16, v32])
+    for step in range(21):
+        bad = step == 10
+        scale = float(keras.ops.convert_to_numpy(scaled.dynamic_scale))
+        g16 = torch.full((64, 64), float("inf") if bad else 0.1 * scale, dtype=torch.float16)
+        scaled.apply([g16, torch.full((8,), 0.1 * scale)], [v16, v32])
+    out["scaled16"] = float(keras.ops.convert_to_numpy(keras.ops.cast(v16.value, "float32")).mean())
+    out["scaled32"] = float(keras.ops.convert_to_numpy(v32.value).mean())
+    out["skipped"] = int(keras.ops.convert_to_numpy(scaled.skipped_steps))
     print(json.dumps(out))
     """
 )
@@ -71,3 +86,7 @@ def test_torch_compensated_update_tracks_float32() -> None:
     expected = 1.0 - sum(1e-4 * (1 - 0.9 ** (k + 1)) / 0.1 for k in range(20))
     for mean in out["momentum"]:
         assert mean == pytest.approx(expected, abs=3e-4)
+    # the loss-scaled path (gradients unscaled as one concatenation): 20 applied steps of 1e-4, one skipped
+    assert out["skipped"] == 1
+    assert out["scaled32"] == pytest.approx(1.0 - 20 * 1e-4, abs=1e-6)
+    assert out["scaled16"] == pytest.approx(1.0 - 20 * 1e-4, abs=2e-4) and out["scaled16"] != 1.0

@@ -37,7 +37,9 @@ def _latest_epoch(folder):
         return 0
 
 
-COMPENSATIONS = ["kahan", "stochastic"]
+# Both compensations on TensorFlow; on JAX (CI's second phase) the default one: a Kahan buffer is one more
+# optimizer variable in the checkpoint, written and read the same way on every backend.
+COMPENSATIONS = ["stochastic"] if keras.backend.backend() == "jax" else ["kahan", "stochastic"]
 
 
 def start_children(tmp_path_factory):
