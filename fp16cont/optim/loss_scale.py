@@ -124,6 +124,32 @@ class DynamicLossScale(keras.optimizers.LossScaleOptimizer):
         self.floor_hits.assign(0)
         self.dynamic_scale.assign(ops.minimum(self.dynamic_scale, self.max_scale))
 
+    def stateless_apply(self, optimizer_variables: Any, grads: Any, trainable_variables: Any) -> Any:
+        """One loss-scaled step for stateless (JAX) training, without a branch.
+
+        Keras' ``LossScaleOptimizer`` puts the whole update into one branch of
+        an ``ops.cond``. Inside a compiled multi-step loop that branch is what
+        XLA compiles slowest: ResNet-50's first epoch on an H200 compiled its
+        step in 24.5 s with it and 14.3 s without loss scaling. Here both
+        outcomes are computed and each value is selected with ``where``: the
+        same values, and on a skipped step the discarded update's arithmetic.
+
+        Args:
+            optimizer_variables: The values of :attr:`variables`.
+            grads: The scaled gradients.
+            trainable_variables: The values of the trainable variables.
+
+        Returns:
+            ``(new trainable values, new optimizer values)``, as Keras' is.
+        """
+        if not self.built:
+            return super().stateless_apply(optimizer_variables, grads, trainable_variables)  # Keras' error
+        finite = self.check_finite(grads)
+        stepped, stepped_state = self.stateless_finite_step(optimizer_variables, grads, trainable_variables)
+        kept, kept_state = self.stateless_non_finite_step(optimizer_variables, trainable_variables)
+        return ([ops.where(finite, a, b) for a, b in zip(stepped, kept)],
+                [ops.where(finite, a, b) for a, b in zip(stepped_state, kept_state)])
+
     def stateless_finite_step(self, optimizer_variables: Any, grads: Any, trainable_variables: Any) -> Any:
         """:meth:`finite_step` for stateless (JAX) training."""
         new_trainable, new_optimizer = compat.base_loss_scale_hook(
