@@ -39,7 +39,7 @@ from fp16cont.errors import (
     check_int,
 )
 from fp16cont.reporting.results import BatchNormRecalibration
-from fp16cont.training.data import check_fits_model, is_array_like, sample_count
+from fp16cont.training.data import check_data_type, check_fits_model, is_array_like, sample_count
 
 __all__ = ["recalibrate_batchnorm", "BatchNormRecalibration", "batchnorm_layers"]
 
@@ -234,7 +234,7 @@ def _batches(model: keras.Model, x: Any, batch_size: Any, steps: int | None) -> 
         n = sample_count(x) or 0
         count = math.ceil(n / size) if steps is None else min(steps, math.ceil(n / size))
         return (keras.tree.map_structure(lambda a, i=i: a[i * size : (i + 1) * size], x) for i in range(count))
-    _check_dataset(x)
+    check_data_type(x, "x", kind="model inputs")
     if batch_size is not None:
         raise InvalidArgumentError(
             f"Argument `batch_size` applies to array inputs only; `x` is a {type(x).__name__}, which keeps its own "
@@ -269,16 +269,6 @@ def _check_arrays(model: keras.Model, x: Any) -> None:
     if lengths == {0}:
         raise DataError("Argument `x` holds no samples. Fix: pass training data with at least one sample.")
     check_fits_model(model, x, None, None, None)
-
-
-def _check_dataset(x: Any) -> None:
-    textual = isinstance(x, (str, bytes, dict, list, tuple)) or np.isscalar(x)
-    if textual or not (hasattr(x, "__iter__") or isinstance(x, keras.utils.PyDataset)):
-        raise DataError(
-            "Argument `x` should be model inputs: numpy arrays (or a list/dict of them), a tf.data.Dataset, a "
-            f"keras.utils.PyDataset or an iterable of batches. Received: {type(x).__name__}. Fix: pass e.g. "
-            "x=np.asarray(images, dtype='float32')."
-        )
 
 
 def _forward(model: keras.Model, gather: list[int]) -> Callable[[Any, Any, Any], list[Any]]:

@@ -88,7 +88,7 @@ def check_fit_args(x: Any, y: Any, batch_size: Any, epochs: Any) -> None:
             )
     if x is None:
         raise DataError("Argument `x` is None. Fix: pass training inputs (arrays or a dataset).")
-    _check_data_type(x, "x")
+    check_data_type(x, "x")
     if not is_array_like(x):
         return
     n = len(_first_array(x))
@@ -108,8 +108,20 @@ def check_fit_args(x: Any, y: Any, batch_size: Any, epochs: Any) -> None:
         )
 
 
-def _check_data_type(x: Any, what: str) -> None:
-    """Raise for values ``fit`` cannot read as data (numbers, text, lists of plain numbers, plain objects)."""
+def check_data_type(x: Any, what: str, kind: str = "training data") -> None:
+    """Raise for values ``fit`` cannot read as data (numbers, text, lists of plain numbers, plain objects).
+
+    Args:
+        x: The value given as data.
+        what: The argument's name, for the message.
+        kind: What the argument should be, for the message.
+
+    Raises:
+        DataError: For a value no Keras data adapter reads.
+
+    Example:
+        >>> check_data_type(np.zeros((4, 2)), "x")
+    """
     scalar = isinstance(x, (str, bytes, int, float, complex, np.generic)) or (
         hasattr(x, "shape") and hasattr(x, "dtype") and len(getattr(x, "shape", ())) == 0
     )
@@ -117,7 +129,7 @@ def _check_data_type(x: Any, what: str) -> None:
     readable = is_array_like(x) or hasattr(x, "element_spec") or hasattr(x, "__iter__") or hasattr(x, "__getitem__")
     if scalar or empty or not readable:
         raise DataError(
-            f"Argument `{what}` should be training data: numpy arrays (or a list/dict of them), a "
+            f"Argument `{what}` should be {kind}: numpy arrays (or a list/dict of them), a "
             f"tf.data.Dataset, a keras.utils.PyDataset or a generator of (x, y) batches. Received: "
             f"{what}={_short(x)} of type {type(x).__name__}. Fix: convert it, e.g. {what}=np.asarray({what}, "
             "dtype='float32')."
