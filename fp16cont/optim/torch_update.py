@@ -7,8 +7,8 @@ variable costs some 60 eager operations a step (float32 views, the update,
 the rounding), each dispatched from Python: on a GPU that is slower than the
 whole float32 step. Here, per step:
 
-1. the 16-bit variables (plus the Kahan buffer) are copied into one float32
-   buffer per dtype, and each variable's float32 view is a slice of it;
+1. the 16-bit variables (plus the Kahan buffer) are concatenated into one
+   float32 buffer per dtype, and each variable's float32 view is a slice of it;
 2. the optimizer's own multi-tensor step runs on those views (so its float32
    arithmetic and its slots are exactly Keras'; the slots keep their dtype);
 3. the buffer, updated in place, is rounded to 16 bits in one pass
@@ -98,10 +98,16 @@ def parallel_step(wrapper: Any, parallel: Callable[[Any, Any, Any], None], low_f
 
 
 def _concatenate(tensors: Sequence[Any]) -> Any:
-    """The tensors flattened end to end, as one new float32 tensor (exact for 16-bit inputs)."""
+    """The tensors flattened end to end, as one new float32 tensor (exact for 16-bit inputs).
+
+    One ``torch.cat`` into a float32 output: the conversion happens in the
+    copy, with no 16-bit intermediate.
+    """
     import torch
 
-    return torch.cat([t.reshape(-1) for t in tensors]).to(torch.float32)
+    flat = [t.reshape(-1) for t in tensors]
+    out = torch.empty(sum(t.numel() for t in flat), dtype=torch.float32, device=flat[0].device)
+    return torch.cat(flat, out=out)
 
 
 def _write_back(wrapper: Any, variables: list[Any], buffers: list[Any], flat: Any, dtype: str) -> None:
