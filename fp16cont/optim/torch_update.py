@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["parallel_step"]
+__all__ = ["parallel_step", "step_key"]
 
 _SALT = 0x7FFF  # the concatenated write of one dtype: a salt no per-variable write uses at this size
 
@@ -112,13 +112,10 @@ def _concatenate(tensors: Sequence[Any]) -> Any:
 
 def _write_back(wrapper: Any, variables: list[Any], buffers: list[Any], flat: Any, dtype: str) -> None:
     import torch
-    from keras import ops
 
-    from fp16cont.optim.compensation import rounding_key, stochastic_round
     if wrapper.compensation == "stochastic":
-        step = ops.cast(wrapper.inner_optimizer.iterations, "int32")
-        key = rounding_key(wrapper.seed, step, _SALT)
-        new = stochastic_round(flat, dtype, key) if flat.is_cuda else _blocked_stochastic_round(flat, dtype, key)
+        key = step_key(wrapper.seed, wrapper.inner_optimizer.iterations.value, _SALT)
+        new = _blocked_stochastic_round(flat, dtype, key, block=None if flat.is_cuda else _BLOCK)
     else:
         new = flat.to(getattr(torch, dtype))
     sizes = [v.value.numel() for v in variables]
@@ -130,11 +127,60 @@ def _write_back(wrapper: Any, variables: list[Any], buffers: list[Any], flat: An
                              [r.view(b.value.shape).to(b.value.dtype) for r, b in zip(residual, buffers) if b is not None])
 
 
+def step_key(seed: int, step: Any, salt: int) -> Any:
+    """:func:`~fp16cont.optim.compensation.rounding_key` of a step held in a torch tensor, the same value.
+
+    The part that depends on ``seed`` and ``salt`` only is computed on the
+    host; the step's part is a handful of in-place integer operations on its
+    device. Neither reads the step back (on a GPU that would wait for it),
+    and there is none of the per-call overhead of some forty Keras operations
+    on a scalar.
+
+    Args:
+        seed: The user's seed.
+        step: The optimizer's step, a torch integer tensor (any device).
+        salt: As in ``rounding_key``.
+
+    Returns:
+        An int32 scalar tensor on ``step``'s device.
+    """
+    import torch
+
+    from fp16cont.optim.compensation import _wrap32
+
+    base = _lowbias32_int(_wrap32(int(seed) * 0x9E3779B9 + 0x6A09E667))
+    fixed = _lowbias32_int(_wrap32(int(salt) * 0x85EBCA6B + base))
+    h = step.to(torch.int32).mul(_wrap32(0x9E3779B9)).add_(fixed)
+    return _lowbias32_(h)
+
+
+def _lowbias32_int(h: int) -> int:
+    """The lowbias32 hash of a Python int, as an int32 value (the host side of :func:`step_key`)."""
+    from fp16cont.optim.compensation import _wrap32
+
+    h &= 0xFFFFFFFF
+    h ^= h >> 16
+    h = (h * 0x7FEB352D) & 0xFFFFFFFF
+    h ^= h >> 15
+    h = (h * 0x846CA68B) & 0xFFFFFFFF
+    h ^= h >> 16
+    return _wrap32(h)
+
+
+def _lowbias32_(h: Any) -> Any:
+    """The lowbias32 hash of an int32 tensor, in place (wrap-around arithmetic)."""
+    from fp16cont.optim.compensation import _wrap32
+
+    h.bitwise_xor_(_srl(h, 16)).mul_(_wrap32(0x7FEB352D))
+    h.bitwise_xor_(_srl(h, 15)).mul_(_wrap32(0x846CA68B))
+    return h.bitwise_xor_(_srl(h, 16))
+
+
 _BLOCK = 1 << 15  # elements per block of the CPU rounding: its int32 temporaries stay in the core's cache
 
 
-def _blocked_stochastic_round(flat: Any, dtype: str, key: Any) -> Any:
-    """:func:`~fp16cont.optim.compensation.stochastic_round` of a flat float32 CPU tensor, block by block.
+def _blocked_stochastic_round(flat: Any, dtype: str, key: Any, block: int | None = _BLOCK) -> Any:
+    """:func:`~fp16cont.optim.compensation.stochastic_round` of a flat float32 tensor, block by block.
 
     The same values bit for bit (the hash runs over each element's index in
     ``flat``), written with torch's in-place operations. Eager torch makes one
@@ -143,7 +189,9 @@ def _blocked_stochastic_round(flat: Any, dtype: str, key: Any) -> Any:
     (measured on 2.9 M values, 2 cores: 1.0-1.6x the shared function's speed
     on an idle machine, 7x while other jobs compete for memory bandwidth;
     the shared function called block by block is slower, by Keras' per-call
-    overhead).
+    overhead). ``block=None`` rounds in one pass (on a GPU: a few kernels
+    instead of the Keras operations' per-call overhead); ``key`` may be a
+    scalar tensor on ``flat``'s device (from :func:`step_key`).
     """
     import torch
 
@@ -151,15 +199,14 @@ def _blocked_stochastic_round(flat: Any, dtype: str, key: Any) -> Any:
     from fp16cont.optim.compensation import _wrap32
 
     drop = facts("float32").mantissa_bits - facts(dtype).mantissa_bits  # 16 for bfloat16, 13 for float16
-    out = torch.empty(flat.shape, dtype=getattr(torch, dtype))
-    key = int(key)
+    out = torch.empty(flat.shape, dtype=getattr(torch, dtype), device=flat.device)
+    if not torch.is_tensor(key) or key.device != flat.device:
+        key = int(key)  # a host value (reading a GPU scalar would wait for the device)
     keep = _wrap32(-(1 << drop))
-    for start in range(0, flat.numel(), _BLOCK):
-        x = flat[start:start + _BLOCK]
-        h = torch.arange(start, start + x.numel(), dtype=torch.int32).add_(key)
-        h.bitwise_xor_(_srl(h, 16)).mul_(_wrap32(0x7FEB352D))
-        h.bitwise_xor_(_srl(h, 15)).mul_(_wrap32(0x846CA68B))
-        h.bitwise_xor_(_srl(h, 16))
+    size = block or max(flat.numel(), 1)
+    for start in range(0, flat.numel(), size):
+        x = flat[start:start + size]
+        h = _lowbias32_(torch.arange(start, start + x.numel(), dtype=torch.int32, device=flat.device).add_(key))
         bits = _srl(h, 32 - drop).add_(x.view(torch.int32)).bitwise_and_(keep)
         out[start:start + x.numel()] = torch.where(torch.isnan(x), x, bits.view(torch.float32))
     return out

@@ -24,7 +24,7 @@ _CHILD = textwrap.dedent(
     import json
     import keras, numpy as np, torch
     from fp16cont.optim.compensation import CompensatedOptimizer, rounding_key, stochastic_round
-    from fp16cont.optim.torch_update import _blocked_stochastic_round
+    from fp16cont.optim.torch_update import _blocked_stochastic_round, step_key
 
     out = {}
     # the CPU's blocked rounding gives the shared function's values bit for bit
@@ -36,6 +36,12 @@ _CHILD = textwrap.dedent(
         b = _blocked_stochastic_round(x, dtype, key).float()
         out[dtype + "_equal"] = bool(torch.equal(a.nan_to_num(), b.nan_to_num()))
         out[dtype + "_nan_kept"] = bool(torch.isnan(b[5]))
+        whole = _blocked_stochastic_round(x, dtype, key, block=None).float()  # the GPU's single pass
+        out[dtype + "_whole_equal"] = bool(torch.equal(a.nan_to_num(), whole.nan_to_num()))
+    # the key computed from a step tensor equals the shared function's, for any seed, step and salt
+    out["keys_equal"] = all(
+        int(step_key(seed, torch.tensor(step, dtype=torch.int64), salt)) == int(rounding_key(seed, step, salt))
+        for seed in (0, 7, 2**31 + 5) for step in (0, 1, 17, 123456789, 2**31 - 1) for salt in (0, 5, 0x7FFF))
 
     # updates far below a bfloat16 ulp survive in expectation: 20 steps of SGD(1e-3) with gradient 0.1
     def run(compensation, optimizer):
@@ -77,6 +83,8 @@ def test_torch_compensated_update_tracks_float32() -> None:
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["bfloat16_equal"] and out["float16_equal"]
     assert out["bfloat16_nan_kept"] and out["float16_nan_kept"]
+    assert out["bfloat16_whole_equal"] and out["float16_whole_equal"]
+    assert out["keys_equal"]
     assert out["plain"] == [1.0, 1.0, 1.0]  # every update of 1e-4 rounds away in bfloat16 (ulp 2**-7 at 1.0)
     for mean in out["stochastic"]:  # unbiased: the mean of 4,096 weights lands on float32's 0.998
         assert mean == pytest.approx(1.0 - 20 * 1e-4, abs=2e-4)
