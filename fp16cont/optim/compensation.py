@@ -428,7 +428,7 @@ def _dense(gradient: Any) -> Any:
 
 
 def _dense_float32(gradient: Any) -> Any:
-    if keras.backend.standardize_dtype(getattr(gradient, "dtype", None) or "float32") == "float32" and not _is_sparse(gradient):
+    if ops.is_tensor(gradient) and keras.backend.standardize_dtype(gradient.dtype) == "float32" and not _is_sparse(gradient):
         return gradient  # already dense float32 (the loss scale's unscaled gradients): no per-variable cast
     return ops.cast(_dense(gradient), "float32")
 

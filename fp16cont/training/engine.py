@@ -416,26 +416,30 @@ def fit_with_engine(
     else:
         feeder = _StreamFeeder(x, y, sample_weight, class_weight, batch_size, shuffle, engine, kw.get("steps_per_epoch"), choice.steps_per_execution, placement,
                                epochs=(int(kw.get("initial_epoch", 0) or 0), epochs))
-    prep = _preprocess(engine, feeder.uint8_inputs)
-    _build(model, feeder.example_batch(), prep, jax)
-    shardings = settle = None
-    if placement is not None:
-        shardings = _state_shardings(model, placement)
-        _lay_out_state(model, shardings)
-    run = _compiled_steps(model, prep, engine, choice.mode == "resident", jax, jnp, placement, shardings)
-    if placement is not None:
-        cache, key = _COMPILED[model], ("settle", tuple(tuple(group) for group in shardings))
-        if key not in cache:
-            cache[key] = jax.jit(lambda state: state, out_shardings=shardings)
-        settle = cache[key]
-    logs_like = _logs_structure(model, jnp, placement)
+    try:  # the streamed feeder's threads have started: a failure before training stops them
+        prep = _preprocess(engine, feeder.uint8_inputs)
+        _build(model, feeder.example_batch(), prep, jax)
+        shardings = settle = None
+        if placement is not None:
+            shardings = _state_shardings(model, placement)
+            _lay_out_state(model, shardings)
+        run = _compiled_steps(model, prep, engine, choice.mode == "resident", jax, jnp, placement, shardings)
+        if placement is not None:
+            cache, key = _COMPILED[model], ("settle", tuple(tuple(group) for group in shardings))
+            if key not in cache:
+                cache[key] = jax.jit(lambda state: state, out_shardings=shardings)
+            settle = cache[key]
+        logs_like = _logs_structure(model, jnp, placement)
 
-    cbs = keras.callbacks.CallbackList(
-        callbacks, add_history=True, add_progbar=verbose != 0, verbose=verbose,
-        epochs=epochs, steps=feeder.steps_per_epoch, model=model,
-    )
-    model.stop_training = False
-    cbs.on_train_begin()
+        cbs = keras.callbacks.CallbackList(
+            callbacks, add_history=True, add_progbar=verbose != 0, verbose=verbose,
+            epochs=epochs, steps=feeder.steps_per_epoch, model=model,
+        )
+        model.stop_training = False
+        cbs.on_train_begin()
+    except BaseException:
+        feeder.close()
+        raise
     epoch_logs: dict[str, Any] = {}
     finished = False
     try:
@@ -909,6 +913,8 @@ class _StreamFeeder(_Feeder):
         stream = self._stream if self._stream is not None and self._stream_epoch == epoch else self._open_stream(epoch)
         full, remainder = _epoch_plan(self.n, self.batch_size, self._limit)
         left, finished = len(_chunks(full, self.spe)) + (1 if remainder else 0), False
+        if not left:  # nothing to train on: the next epoch's chunks stay queued
+            return
         try:
             for _, *chunk in stream:  # exactly this epoch's chunks: the next epoch's stay queued
                 left -= 1
@@ -959,6 +965,7 @@ class _Prefetcher:
         put = put or jax.device_put
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._stopped = threading.Event()
+        self._finished = False
 
         def work() -> None:
             try:
@@ -980,9 +987,10 @@ class _Prefetcher:
         self._thread.start()
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
-        while True:
+        while not self._finished:
             item = self._queue.get()
             if item is self._DONE:
+                self._finished = True  # read again, it ends at once instead of waiting for items that never come
                 return
             if isinstance(item, BaseException):
                 raise item

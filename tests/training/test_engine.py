@@ -142,6 +142,22 @@ def test_streamed_runs_read_ahead_across_epochs_and_stop_cleanly(digits, stop_ba
     assert _same_weights(a, c) == 0.0
 
 
+class _FailAtStart(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        raise RuntimeError("callback failed")
+
+
+@jax_only
+def test_streamed_setup_failure_and_empty_epochs_leave_no_thread_and_do_not_hang(digits):
+    (x, y), _ = digits
+    engine = Engine("streamed", steps_per_execution=2)
+    with pytest.raises(RuntimeError, match="callback failed"):
+        fp16cont.continue_training(_model(), x, y, epochs=2, verbose=0, engine=engine, callbacks=[_FailAtStart()])
+    assert not _prefetch_threads()
+    result = fp16cont.continue_training(_model(), x, y, epochs=2, steps_per_epoch=0, verbose=0, engine=engine)
+    assert result.engine == "streamed" and not _prefetch_threads()
+
+
 class _Recorder(keras.callbacks.Callback):
     def __init__(self) -> None:
         super().__init__()
