@@ -78,14 +78,10 @@ def parallel_step(wrapper: Any, parallel: Callable[[Any, Any, Any], None], low_f
             # one float32 buffer per dtype, made by one concatenation and one cast (not one copy per
             # variable: on a GPU each is a Python dispatch); each variable's view is a slice of it
             flats[dtype] = flat = _concatenate([real[k].value for k in group])
-            kahan = [buffers[k] for k in group]
-            if all(b is not None for b in kahan):
-                flat.add_(_concatenate([b.value for b in kahan]))
+            if buffers[group[0]] is not None:  # Kahan: every 16-bit variable has its buffer
+                flat.add_(_concatenate([buffers[k].value for k in group]))
             for k, part in zip(group, flat.split([real[k].value.numel() for k in group])):
-                value = part.view(real[k].value.shape)
-                if buffers[k] is not None and not all(b is not None for b in kahan):
-                    value.add_(buffers[k].value)
-                views[k] = _Float32View(real[k], value)
+                views[k] = _Float32View(real[k], part.view(real[k].value.shape))
         for view in views:
             wrapper._proxies.entries[id(view)] = (view.variable, view)  # slots are found through the variable
         try:

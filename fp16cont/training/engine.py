@@ -822,6 +822,7 @@ class _StreamFeeder(_Feeder):
             self.n = _rows(self.arrays[0])
             full, remainder = _epoch_plan(self.n, batch_size, steps_per_epoch)
             self.steps_per_epoch = full + (1 if remainder else 0)
+            self._chunks_per_epoch = len(_chunks(full, spe)) + (1 if remainder else 0)  # what _host_chunks yields
             self.source = None
         else:
             self.arrays = None
@@ -911,8 +912,7 @@ class _StreamFeeder(_Feeder):
             yield from self._dataset_epoch(epoch)
             return
         stream = self._stream if self._stream is not None and self._stream_epoch == epoch else self._open_stream(epoch)
-        full, remainder = _epoch_plan(self.n, self.batch_size, self._limit)
-        left, finished = len(_chunks(full, self.spe)) + (1 if remainder else 0), False
+        left, finished = self._chunks_per_epoch, False
         if not left:  # nothing to train on: the next epoch's chunks stay queued
             return
         try:
