@@ -134,6 +134,12 @@ class DynamicLossScale(keras.optimizers.LossScaleOptimizer):
         outcomes are computed and each value is selected with ``where``: the
         same values, and on a skipped step the discarded update's arithmetic.
 
+        The finiteness flag is one reduction over all gradients. Keras' own
+        check (one flag per gradient, then their ``and``) let XLA copy the
+        ``and`` of all flags into every select, so the step's program grew with
+        the square of the number of variables (ResNet-20: 34,800 lines of
+        optimized HLO with loss scaling, 14,900 without).
+
         Args:
             optimizer_variables: The values of :attr:`variables`.
             grads: The scaled gradients.
@@ -144,7 +150,7 @@ class DynamicLossScale(keras.optimizers.LossScaleOptimizer):
         """
         if not self.built:
             return super().stateless_apply(optimizer_variables, grads, trainable_variables)  # Keras' error
-        finite = self.check_finite(grads)
+        finite = _all_finite(grads)
         stepped, stepped_state = self.stateless_finite_step(optimizer_variables, grads, trainable_variables)
         kept, kept_state = self.stateless_non_finite_step(optimizer_variables, trainable_variables)
         return ([ops.where(finite, a, b) for a, b in zip(stepped, kept)],
@@ -167,6 +173,20 @@ class DynamicLossScale(keras.optimizers.LossScaleOptimizer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "min_scale": self.min_scale, "max_scale": self.max_scale}
+
+
+def _all_finite(grads: Any) -> Any:
+    """Whether every gradient is finite, as one reduction over all of them.
+
+    Keras reduces each gradient on its own and then the per-gradient flags;
+    XLA turns that last reduction into a chain of ``and`` and copies it into
+    every consumer. One reduction over the gradients' (fused, never
+    materialised) concatenation is computed once.
+    """
+    flat = [ops.reshape(ops.cast(g, "float32"), (-1,)) for g in grads if g is not None]
+    if not flat:
+        return ops.convert_to_tensor(True)
+    return ops.all(ops.isfinite(ops.concatenate(flat)))
 
 
 def find_loss_scale(optimizer: Any) -> keras.optimizers.LossScaleOptimizer | None:

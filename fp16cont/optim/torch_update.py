@@ -142,25 +142,10 @@ def step_key(seed: int, step: Any, salt: int) -> Any:
     """
     import torch
 
-    from fp16cont.optim.compensation import _wrap32
+    from fp16cont.optim.compensation import _wrap32, key_constant
 
-    base = _lowbias32_int(_wrap32(int(seed) * 0x9E3779B9 + 0x6A09E667))
-    fixed = _lowbias32_int(_wrap32(int(salt) * 0x85EBCA6B + base))
-    h = step.to(torch.int32).mul(_wrap32(0x9E3779B9)).add_(fixed)
+    h = step.to(torch.int32).mul(_wrap32(0x9E3779B9)).add_(key_constant(seed, salt))
     return _lowbias32_(h)
-
-
-def _lowbias32_int(h: int) -> int:
-    """The lowbias32 hash of a Python int, as an int32 value (the host side of :func:`step_key`)."""
-    from fp16cont.optim.compensation import _wrap32
-
-    h &= 0xFFFFFFFF
-    h ^= h >> 16
-    h = (h * 0x7FEB352D) & 0xFFFFFFFF
-    h ^= h >> 15
-    h = (h * 0x846CA68B) & 0xFFFFFFFF
-    h ^= h >> 16
-    return _wrap32(h)
 
 
 def _lowbias32_(h: Any) -> Any:

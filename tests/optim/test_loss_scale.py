@@ -105,3 +105,30 @@ def test_new_loss_scale_options_take_effect_on_a_second_call(digits):
     assert (model.optimizer.initial_scale, model.optimizer.min_scale, model.optimizer.max_scale) == (4.0, 2.0, 8.0)
     with pytest.raises(InvalidArgumentError, match="min_scale"):
         fp16cont.continue_training(model, x[:256], y[:256], loss_scale_options={"initial_scale": 0.5}, verbose=0)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="the branch-free step is JAX's stateless path")
+def test_jax_step_checks_finiteness_once_for_all_variables():
+    """The compiled loss-scaled step grows with the variables, not with their square, and skips as one."""
+    import jax
+
+    def program(count, scaled):
+        variables = [keras.Variable(np.ones((4, 4), np.float32), dtype="float16" if i % 2 else "float32",
+                                    name=f"w{i}") for i in range(count)]
+        inner = fp16cont.optim.compensation.CompensatedOptimizer(keras.optimizers.SGD(0.01), "stochastic")
+        opt = DynamicLossScale(inner) if scaled else inner
+        opt.build(variables)
+        grads = [keras.ops.ones((4, 4), v.dtype) for v in variables]
+        step = jax.jit(opt.stateless_apply)
+        args = ([v.value for v in opt.variables], grads, [v.value for v in variables])
+        return step, args, len(step.lower(*args).compile().as_text())
+
+    sizes = {(n, s): program(n, s)[2] for n in (8, 64) for s in (False, True)}
+    # what loss scaling adds per variable stays about the same from 8 to 64 variables
+    assert sizes[64, True] - sizes[64, False] < 10 * (sizes[8, True] - sizes[8, False])
+
+    step, (opt_values, grads, values), _ = program(64, True)
+    grads[37] = keras.ops.convert_to_tensor(np.full((4, 4), np.inf), grads[37].dtype)  # one bad gradient of 64
+    new_values, _ = step(opt_values, grads, values)
+    assert all(np.array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+               for a, b in zip(new_values, values))  # the whole step is skipped
