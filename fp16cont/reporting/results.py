@@ -364,11 +364,14 @@ class EngineChoice:
         steps_per_execution: Steps per compiled call (1 for ``"fit"`` unless
             the model was compiled with more).
         reason: Why this mode was taken.
+        convolution_search: Whether cuDNN chose each convolution's algorithm
+            by measurement during the call (Keras ``fit`` on torch with CUDA).
     """
 
     mode: str
     steps_per_execution: int
     reason: str
+    convolution_search: bool = False
 
 
 class DeviceFitResult(NamedTuple):

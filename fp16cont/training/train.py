@@ -32,7 +32,7 @@ from fp16cont.reporting.stagnation import StagnationMonitor
 from fp16cont.training.data import (
     batch_rows, check_fit_args, check_fits_model, is_array_like, is_tf_dataset, sample_count, samples_per_epoch,
 )
-from fp16cont.training.engine import Engine, Resident, as_engine, choose_engine, fit_with_engine
+from fp16cont.training.engine import Engine, Resident, as_engine, choose_engine, fit_with_engine, tuned_convolutions
 from fp16cont.training.tf_engine import fit_compiled
 from fp16cont.errors import InvalidArgumentError, InvalidSourceError, MissingLossError
 from fp16cont.convert.rebuild import float_precision, weight_bytes
@@ -233,7 +233,8 @@ def continue_training(
                 callbacks=[*(callbacks or []), *monitors], verbose=verbose, **fit_args,
             )
 
-        history = keras_fit() if choice.mode == "fit" else fit_compiled(model, choice.steps_per_execution, keras_fit)
+        with tuned_convolutions(choice):
+            history = keras_fit() if choice.mode == "fit" else fit_compiled(model, choice.steps_per_execution, keras_fit)
     else:
         history = fit_with_engine(
             model, x, y, choice=choice, engine=options, epochs=epochs, batch_size=batch_size,

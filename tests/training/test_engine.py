@@ -53,6 +53,24 @@ def test_fit_is_chosen_off_jax_and_forcing_another_mode_is_a_typed_error(digits)
         fp16cont.continue_training(_model(), x, y, engine="resident", verbose=0)
 
 
+def test_convolution_search_is_on_only_for_its_call_and_restored():
+    torch = pytest.importorskip("torch")
+    from fp16cont.reporting.results import EngineChoice
+    from fp16cont.training.engine import tuned_convolutions
+
+    before = torch.backends.cudnn.benchmark
+    with tuned_convolutions(EngineChoice("fit", 1, "Keras fit: torch; cuDNN ...", convolution_search=True)):
+        assert torch.backends.cudnn.benchmark is True
+    assert torch.backends.cudnn.benchmark == before
+    with pytest.raises(RuntimeError), tuned_convolutions(EngineChoice("fit", 1, "x", convolution_search=True)):
+        raise RuntimeError("a failing fit")
+    assert torch.backends.cudnn.benchmark == before  # restored after a failure too
+    with tuned_convolutions(EngineChoice("fit", 1, "engine='fit' was asked for")):
+        assert torch.backends.cudnn.benchmark == before  # a forced Keras fit runs untouched
+    # off CUDA the engine never asks for it
+    assert not choose_engine(Engine(), np.zeros((8, 64), "float32"), {}).convolution_search
+
+
 def test_engine_fit_runs_keras_fit(digits):
     (x, y), _ = digits
     result = fp16cont.continue_training(_model(), x, y, engine="fit", verbose=0)
