@@ -403,6 +403,13 @@ def base_loss_scale_hook(optimizer: keras.optimizers.LossScaleOptimizer, own: st
 
 
 # -- the training engine ---------------------------------------------------------
+def torch_device() -> str:
+    """The device Keras' torch backend puts new tensors on (``"cuda"``, ``"cpu"``, ...)."""
+    from keras.src.backend.torch import core  # private Keras API: the torch backend's device
+
+    return str(core.get_device())
+
+
 def symbolic_build(model: keras.Model, batch: Any) -> None:
     """Create a model's metric and loss variables for ``batch``, as ``fit`` does first.
 

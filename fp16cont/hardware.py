@@ -186,7 +186,9 @@ def _jax_accelerator() -> Device | None:
 def _torch_accelerator() -> Device | None:
     import torch
 
-    if torch.cuda.is_available():
+    from fp16cont import _keras_compat as compat
+
+    if torch.cuda.is_available() and compat.torch_device().startswith("cuda"):  # where Keras trains, not just what exists
         index = torch.cuda.current_device()
         return Device(
             kind="gpu",

@@ -38,7 +38,8 @@ import keras
 
 from fp16cont.errors import UnsupportedBackendError
 
-__all__ = ["CPU_STEPS_PER_EXECUTION", "ACCELERATOR_STEPS_PER_EXECUTION", "choose_compiled", "fit_compiled"]
+__all__ = ["CPU_STEPS_PER_EXECUTION", "ACCELERATOR_STEPS_PER_EXECUTION", "choose_compiled", "fit_compiled",
+           "StepClippedProgbar", "progress_callbacks"]
 
 CPU_STEPS_PER_EXECUTION = 8
 ACCELERATOR_STEPS_PER_EXECUTION = 32
@@ -100,6 +101,47 @@ def fit_compiled(model: keras.Model, steps_per_execution: int, fit: Callable[[],
         return fit()
     finally:
         model.steps_per_execution, model.train_function, model.test_function, model.predict_function = own
+
+
+class StepClippedProgbar(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar, never counting a call's last step past the epoch's end.
+
+    Keras' ``fit`` with ``steps_per_execution`` reports each call's last
+    step as ``first + steps_per_execution - 1``, also for an epoch's last,
+    shorter call: 12 batches at 8 per call print ``16/12``. This bar clips
+    the step to the epoch's last one; other callbacks see Keras' values.
+
+    Example:
+        >>> bar = StepClippedProgbar()
+        >>> bar.set_params({"verbose": 0, "epochs": 1, "steps": 12})
+        >>> bar.on_train_batch_end(15)
+        >>> bar.seen
+        12
+    """
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.target:
+            batch = min(int(batch), int(self.target) - 1)
+        super().on_train_batch_end(batch, logs)
+
+
+def progress_callbacks(callbacks: Any, verbose: Any) -> list[keras.callbacks.Callback]:
+    """The progress bar to add to a ``"compiled"`` run's callbacks: none if silent or the user brings one.
+
+    Args:
+        callbacks: The callbacks the run already has.
+        verbose: ``fit``'s ``verbose``.
+
+    Returns:
+        ``[StepClippedProgbar()]`` or ``[]``.
+
+    Example:
+        >>> progress_callbacks([], 0)
+        []
+    """
+    if verbose == 0 or any(isinstance(c, keras.callbacks.ProgbarLogger) for c in callbacks or []):
+        return []
+    return [StepClippedProgbar()]
 
 
 def _has_accelerator() -> bool:

@@ -33,7 +33,7 @@ from fp16cont.training.data import (
     batch_rows, check_fit_args, check_fits_model, is_array_like, is_tf_dataset, sample_count, samples_per_epoch,
 )
 from fp16cont.training.engine import Engine, Resident, as_engine, choose_engine, fit_with_engine, tuned_convolutions
-from fp16cont.training.tf_engine import fit_compiled
+from fp16cont.training.tf_engine import fit_compiled, progress_callbacks
 from fp16cont.errors import InvalidArgumentError, InvalidSourceError, MissingLossError
 from fp16cont.convert.rebuild import float_precision, weight_bytes
 from fp16cont.convert.lora import prepare_lora
@@ -227,10 +227,13 @@ def continue_training(
         else:
             fit_args.setdefault("shuffle", False)  # datasets bring their own order; Keras would warn
 
+        given = [*(callbacks or []), *monitors]
+        if choice.mode == "compiled":
+            given += progress_callbacks(given, verbose)  # Keras' own bar counts a short last call past the end
+
         def keras_fit() -> keras.callbacks.History:
             return model.fit(
-                x, y, epochs=epochs, validation_data=validation_data,
-                callbacks=[*(callbacks or []), *monitors], verbose=verbose, **fit_args,
+                x, y, epochs=epochs, validation_data=validation_data, callbacks=given, verbose=verbose, **fit_args,
             )
 
         with tuned_convolutions(choice):

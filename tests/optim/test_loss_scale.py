@@ -123,11 +123,12 @@ def test_jax_step_checks_finiteness_once_for_all_variables():
         args = ([v.value for v in opt.variables], grads, [v.value for v in variables])
         return step, args, len(step.lower(*args).compile().as_text())
 
-    sizes = {(n, s): program(n, s)[2] for n in (8, 64) for s in (False, True)}
+    programs = {(n, s): program(n, s) for n in (8, 64) for s in (False, True)}
+    sizes = {key: size for key, (_, _, size) in programs.items()}
     # what loss scaling adds per variable stays about the same from 8 to 64 variables
     assert sizes[64, True] - sizes[64, False] < 10 * (sizes[8, True] - sizes[8, False])
 
-    step, (opt_values, grads, values), _ = program(64, True)
+    step, (opt_values, grads, values), _ = programs[64, True]
     grads[37] = keras.ops.convert_to_tensor(np.full((4, 4), np.inf), grads[37].dtype)  # one bad gradient of 64
     new_values, _ = step(opt_values, grads, values)
     assert all(np.array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))

@@ -53,22 +53,49 @@ def test_fit_is_chosen_off_jax_and_forcing_another_mode_is_a_typed_error(digits)
         fp16cont.continue_training(_model(), x, y, engine="resident", verbose=0)
 
 
-def test_convolution_search_is_on_only_for_its_call_and_restored():
-    torch = pytest.importorskip("torch")
+def test_convolution_search_only_on_cuda_without_a_determinism_request_and_always_restored():
     from fp16cont.reporting.results import EngineChoice
-    from fp16cont.training.engine import tuned_convolutions
+    from fp16cont.training.engine import convolution_search, tuned_convolutions
 
+    assert convolution_search("torch", "cuda", False) and convolution_search("torch", "cuda:1", False)
+    assert not convolution_search("torch", "cuda", True)  # torch.use_deterministic_algorithms(True) wins
+    assert not convolution_search("torch", "cpu", False)
+    assert not convolution_search("jax", "cuda", False) and not convolution_search("tensorflow", "cuda", False)
+    assert not choose_engine(Engine(), np.zeros((8, 64), "float32"), {}).convolution_search  # not torch with CUDA here
+
+    torch = pytest.importorskip("torch")
     before = torch.backends.cudnn.benchmark
-    with tuned_convolutions(EngineChoice("fit", 1, "Keras fit: torch; cuDNN ...", convolution_search=True)):
+    on = EngineChoice("fit", 1, "Keras fit: torch; cuDNN ...", convolution_search=True)
+    with tuned_convolutions(on):
         assert torch.backends.cudnn.benchmark is True
+        with tuned_convolutions(on):  # a nested or concurrent call shares it
+            assert torch.backends.cudnn.benchmark is True
+        assert torch.backends.cudnn.benchmark is True  # still on for the outer call
     assert torch.backends.cudnn.benchmark == before
-    with pytest.raises(RuntimeError), tuned_convolutions(EngineChoice("fit", 1, "x", convolution_search=True)):
+    with pytest.raises(RuntimeError), tuned_convolutions(on):
         raise RuntimeError("a failing fit")
     assert torch.backends.cudnn.benchmark == before  # restored after a failure too
     with tuned_convolutions(EngineChoice("fit", 1, "engine='fit' was asked for")):
         assert torch.backends.cudnn.benchmark == before  # a forced Keras fit runs untouched
-    # off CUDA the engine never asks for it
-    assert not choose_engine(Engine(), np.zeros((8, 64), "float32"), {}).convolution_search
+
+    import threading
+
+    inside, release = threading.Barrier(3), threading.Event()
+
+    def call():
+        with tuned_convolutions(on):
+            inside.wait()
+            release.wait()
+
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    for t in threads:
+        t.start()
+    inside.wait()
+    assert torch.backends.cudnn.benchmark is True
+    release.set()
+    for t in threads:
+        t.join()
+    assert torch.backends.cudnn.benchmark == before  # the last of two overlapping calls restores it
 
 
 def test_engine_fit_runs_keras_fit(digits):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import keras
@@ -176,3 +177,28 @@ def test_divergence_is_rolled_back_and_raised_like_fit(digits):
         with pytest.raises(TrainingDivergedError, match="last good weights"):
             fp16cont.continue_training(model, poisoned, y, epochs=6, verbose=0, engine=engine, check_finite=False)
         assert all(np.isfinite(w).all() for w in model.get_weights()), engine
+
+
+def test_the_progress_bar_never_counts_past_the_epoch(capsys):
+    """Keras' bar prints 16/12 for 12 batches at 8 per call; the compiled mode's bar stops at 12/12."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(512, activation="relu"),
+                              keras.layers.Dense(512, activation="relu"), keras.layers.Dense(10)])
+    x, y = np.zeros((12 * 32 - 5, 64), "float32"), np.zeros(12 * 32 - 5, "int32")  # 12 batches, the last short
+    seen = []
+
+    class Steps(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            time.sleep(0.06)  # longer than the bar's refresh interval, so it draws every update
+
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(batch)
+
+    result = fp16cont.continue_training(
+        model, x, y, epochs=2, batch_size=32, verbose=1, loss="sparse_categorical_crossentropy",
+        engine=Engine("compiled", steps_per_execution=8), callbacks=[Steps()],
+    )
+    out = capsys.readouterr().out
+    assert result.engine == "compiled"
+    assert "12/12" in out and "16/12" not in out
+    assert seen == [7, 15, 7, 15]  # other callbacks still see Keras' own step numbers
