@@ -404,7 +404,15 @@ def base_loss_scale_hook(optimizer: keras.optimizers.LossScaleOptimizer, own: st
 
 # -- the training engine ---------------------------------------------------------
 def torch_device() -> str:
-    """The device Keras' torch backend puts new tensors on (``"cuda"``, ``"cpu"``, ...)."""
+    """The device Keras' torch backend puts new tensors on.
+
+    Returns:
+        A torch device string: ``"cuda"``, ``"cuda:1"``, ``"cpu"``, ...
+
+    Example:
+        >>> torch_device()  # doctest: +SKIP
+        'cuda'
+    """
     from keras.src.backend.torch import core  # private Keras API: the torch backend's device
 
     return str(core.get_device())

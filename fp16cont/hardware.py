@@ -188,8 +188,10 @@ def _torch_accelerator() -> Device | None:
 
     from fp16cont import _keras_compat as compat
 
-    if torch.cuda.is_available() and compat.torch_device().startswith("cuda"):  # where Keras trains, not just what exists
-        index = torch.cuda.current_device()
+    device = compat.torch_device()
+    if torch.cuda.is_available() and device.startswith("cuda"):  # where Keras trains, not just what exists
+        index = torch.device(device).index
+        index = torch.cuda.current_device() if index is None else index
         return Device(
             kind="gpu",
             name=str(torch.cuda.get_device_name(index)),

@@ -192,15 +192,18 @@ def _all_finite(grads: Any) -> Any:
         A boolean scalar tensor.
 
     Example:
-        >>> bool(_all_finite([keras.ops.ones(3), None]))  # doctest: +SKIP
+        >>> bool(_all_finite([keras.ops.ones(3), None]))
         True
     """
-    import jax
-
     flags = [ops.all(ops.isfinite(g)) for g in grads if g is not None]
     if not flags:
         return ops.convert_to_tensor(True)
-    return ops.all(jax.lax.optimization_barrier(ops.stack(flags)))
+    stacked = ops.stack(flags)
+    if keras.backend.backend() == "jax":
+        import jax
+
+        stacked = jax.lax.optimization_barrier(stacked)
+    return ops.all(stacked)
 
 
 def find_loss_scale(optimizer: Any) -> keras.optimizers.LossScaleOptimizer | None:

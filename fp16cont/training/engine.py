@@ -239,49 +239,84 @@ def _wants_convolution_search() -> bool:
     return convolution_search(backend, compat.torch_device(), deterministic)
 
 
-_SEARCH_LOCK = threading.Lock()
-_SEARCH_USERS: list[Any] = [0, None]  # calls inside tuned_convolutions, and the setting before the first
+class SharedSwitch:
+    """A process-wide on/off setting that is on while at least one call needs it.
+
+    The first call to enter saves the setting and turns it on; the last to
+    leave puts the saved value back, unless something else turned the
+    setting off in between (that change is kept). Thread-safe.
+
+    Args:
+        read: Returns the setting's current value.
+        write: Sets it.
+
+    Example:
+        >>> box = {"on": False}
+        >>> switch = SharedSwitch(lambda: box["on"], lambda v: box.update(on=v))
+        >>> with switch:
+        ...     box["on"]
+        True
+        >>> box["on"]
+        False
+    """
+
+    def __init__(self, read: Callable[[], bool], write: Callable[[bool], None]) -> None:
+        self._read, self._write = read, write
+        self._mutex = threading.Lock()
+        self._users = 0
+        self._saved = False
+
+    def __enter__(self) -> None:
+        with self._mutex:
+            if self._users == 0:
+                self._saved = self._read()
+                self._write(True)
+            self._users += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        with self._mutex:
+            self._users -= 1
+            if self._users == 0 and self._read() is True:
+                self._write(self._saved)
 
 
-@contextlib.contextmanager
-def tuned_convolutions(choice: EngineChoice) -> Iterator[None]:
+def _set_cudnn_benchmark(value: bool) -> None:
+    import torch
+
+    torch.backends.cudnn.benchmark = value
+
+
+def _cudnn_benchmark() -> bool:
+    import torch
+
+    return bool(torch.backends.cudnn.benchmark)
+
+
+_CUDNN_SEARCH = SharedSwitch(_cudnn_benchmark, _set_cudnn_benchmark)
+
+
+def tuned_convolutions(choice: EngineChoice) -> contextlib.AbstractContextManager[None]:
     """Keras ``fit`` on torch with CUDA: cuDNN picks each convolution's algorithm by measurement.
 
-    ``torch.backends.cudnn.benchmark`` is on while at least one such call
-    runs (it is process-wide; concurrent calls share it) and is restored to
-    the user's setting when the last one ends. Measured on an H200
+    ``torch.backends.cudnn.benchmark`` is process-wide: it is on while at
+    least one such call runs (so a concurrent ``engine="fit"`` call in
+    another thread runs with it too) and goes back to the user's setting
+    when the last one ends (:class:`SharedSwitch`). Measured on an H200
     (ResNet-20, float16 defaults): 0.76x -> 0.92x Keras float32 ``fit``.
     Only when the engine was chosen (``engine="auto"``) and torch was not
-    asked for deterministic algorithms; ``engine="fit"`` runs Keras' ``fit``
-    untouched.
+    asked for deterministic algorithms.
 
     Args:
         choice: The engine's choice (``convolution_search`` says whether this applies).
 
-    Yields:
-        Nothing; the call runs inside.
+    Returns:
+        A context manager to run the call in.
 
     Example:
         >>> with tuned_convolutions(EngineChoice("fit", 1, "engine='fit' was asked for")):
         ...     pass
     """
-    if not choice.convolution_search:
-        yield
-        return
-    import torch
-
-    with _SEARCH_LOCK:
-        if _SEARCH_USERS[0] == 0:
-            _SEARCH_USERS[1] = torch.backends.cudnn.benchmark
-            torch.backends.cudnn.benchmark = True
-        _SEARCH_USERS[0] += 1
-    try:
-        yield
-    finally:
-        with _SEARCH_LOCK:
-            _SEARCH_USERS[0] -= 1
-            if _SEARCH_USERS[0] == 0:
-                torch.backends.cudnn.benchmark = _SEARCH_USERS[1]
+    return _CUDNN_SEARCH if choice.convolution_search else contextlib.nullcontext()
 
 
 def _why_not_jax_engine(backend: str, x: Any, fit_kwargs: dict[str, Any], mode: str) -> str | None:

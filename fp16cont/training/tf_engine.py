@@ -25,13 +25,14 @@ afterwards: the loop traced for the run lives for that call only, and
 nothing is left on the model.
 
 Example:
+    >>> from fp16cont.training.engine import Engine
     >>> choose_compiled(Engine("compiled", steps_per_execution=4), "tensorflow").steps_per_execution
     4
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
@@ -39,7 +40,7 @@ import keras
 from fp16cont.errors import UnsupportedBackendError
 
 __all__ = ["CPU_STEPS_PER_EXECUTION", "ACCELERATOR_STEPS_PER_EXECUTION", "choose_compiled", "fit_compiled",
-           "StepClippedProgbar", "progress_callbacks"]
+           "fit_choice", "dividing_steps", "StepClippedProgbar", "progress_callbacks"]
 
 CPU_STEPS_PER_EXECUTION = 8
 ACCELERATOR_STEPS_PER_EXECUTION = 32
@@ -81,8 +82,9 @@ def fit_compiled(model: keras.Model, steps_per_execution: int, fit: Callable[[],
 
     Args:
         model: A compiled model.
-        steps_per_execution: Steps per call; the model's own compiled value
-            is used when it is larger.
+        steps_per_execution: Steps per call (from :func:`fit_choice`); the
+            model's own compiled value is used when it is larger (the user's
+            own choice, run as Keras runs it).
         fit: Calls ``model.fit`` with the run's arguments.
 
     Returns:
@@ -103,13 +105,65 @@ def fit_compiled(model: keras.Model, steps_per_execution: int, fit: Callable[[],
         model.steps_per_execution, model.train_function, model.test_function, model.predict_function = own
 
 
+def fit_choice(choice: Any, fit_kwargs: dict[str, Any]) -> Any:
+    """``choice`` with its steps per call lowered to divide the call's ``steps_per_epoch`` and ``validation_steps``.
+
+    Keras' loop starts one call per ``steps_per_execution`` steps and each
+    call runs that many steps unless the data ends, so a ``steps_per_epoch``
+    it does not divide would train more steps than asked (10 at 8 per call:
+    16).
+
+    Args:
+        choice: A ``"compiled"`` :class:`~fp16cont.training.engine.EngineChoice`.
+        fit_kwargs: The call's extra ``fit`` arguments.
+
+    Returns:
+        The same choice, or one with fewer steps per call and a reason that says why.
+
+    Example:
+        >>> from fp16cont.training.engine import EngineChoice
+        >>> fit_choice(EngineChoice("compiled", 8, "8 steps per call"), {"steps_per_epoch": 10}).steps_per_execution
+        5
+    """
+    import dataclasses
+
+    counts = {name: fit_kwargs.get(name) for name in ("steps_per_epoch", "validation_steps") if fit_kwargs.get(name)}
+    spe = dividing_steps(choice.steps_per_execution, list(counts.values()))
+    if spe == choice.steps_per_execution:
+        return choice
+    given = ", ".join(f"{name}={value}" for name, value in counts.items())
+    return dataclasses.replace(choice, steps_per_execution=spe, reason=(
+        f"{choice.reason}; {spe} steps per call, not {choice.steps_per_execution}, so that the calls add up to {given}"))
+
+
+def dividing_steps(steps_per_execution: int, step_counts: Sequence[int | None]) -> int:
+    """The largest count of steps per call, at most ``steps_per_execution``, that divides every given count.
+
+    Args:
+        steps_per_execution: The count wanted.
+        step_counts: Step counts the calls must add up to exactly (``None``: not given).
+
+    Returns:
+        A count from 1 to ``steps_per_execution``.
+
+    Example:
+        >>> dividing_steps(8, [10, None]), dividing_steps(8, [12, 4]), dividing_steps(8, [])
+        (5, 4, 8)
+    """
+    counts = [int(c) for c in step_counts if c]
+    return next(d for d in range(max(int(steps_per_execution), 1), 0, -1) if all(c % d == 0 for c in counts))
+
+
 class StepClippedProgbar(keras.callbacks.ProgbarLogger):
     """Keras' progress bar, never counting a call's last step past the epoch's end.
 
     Keras' ``fit`` with ``steps_per_execution`` reports each call's last
-    step as ``first + steps_per_execution - 1``, also for an epoch's last,
-    shorter call: 12 batches at 8 per call print ``16/12``. This bar clips
-    the step to the epoch's last one; other callbacks see Keras' values.
+    step as ``first + steps_per_execution - 1``, also for an epoch's last
+    call that the data's end cut short: 12 batches at 8 per call print
+    ``16/12``. This bar clips the step to the epoch's last one; other
+    callbacks see Keras' values. (With ``steps_per_epoch`` given, the calls
+    divide it exactly: :func:`fit_choice`.) Data of unknown length has no
+    last step to clip to, and shows Keras' count.
 
     Example:
         >>> bar = StepClippedProgbar()

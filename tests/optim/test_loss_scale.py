@@ -113,23 +113,26 @@ def test_jax_step_checks_finiteness_once_for_all_variables():
     import jax
 
     def program(count, scaled):
-        variables = [keras.Variable(np.ones((4, 4), np.float32), dtype="float16" if i % 2 else "float32",
+        variables = [keras.Variable(np.ones((16, 16), np.float32), dtype="float16" if i % 2 else "float32",
                                     name=f"w{i}") for i in range(count)]
         inner = fp16cont.optim.compensation.CompensatedOptimizer(keras.optimizers.SGD(0.01), "stochastic")
         opt = DynamicLossScale(inner) if scaled else inner
         opt.build(variables)
-        grads = [keras.ops.ones((4, 4), v.dtype) for v in variables]
+        grads = [keras.ops.ones((16, 16), v.dtype) for v in variables]
         step = jax.jit(opt.stateless_apply)
         args = ([v.value for v in opt.variables], grads, [v.value for v in variables])
-        return step, args, len(step.lower(*args).compile().as_text())
+        compiled = step.lower(*args).compile()
+        return step, args, (len(compiled.as_text()), compiled.memory_analysis().temp_size_in_bytes)
 
     programs = {(n, s): program(n, s) for n in (8, 64) for s in (False, True)}
-    sizes = {key: size for key, (_, _, size) in programs.items()}
+    sizes = {key: size for key, (_, _, (size, _)) in programs.items()}
     # what loss scaling adds per variable stays about the same from 8 to 64 variables
     assert sizes[64, True] - sizes[64, False] < 10 * (sizes[8, True] - sizes[8, False])
+    # and the check holds no copy of the gradients (64 of 16x16: 48 KiB as float16/float32)
+    assert programs[64, True][2][1] - programs[64, False][2][1] < 16 * 1024
 
     step, (opt_values, grads, values), _ = programs[64, True]
-    grads[37] = keras.ops.convert_to_tensor(np.full((4, 4), np.inf), grads[37].dtype)  # one bad gradient of 64
+    grads[37] = keras.ops.convert_to_tensor(np.full((16, 16), np.inf), grads[37].dtype)  # one bad gradient of 64
     new_values, _ = step(opt_values, grads, values)
     assert all(np.array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
                for a, b in zip(new_values, values))  # the whole step is skipped

@@ -53,7 +53,7 @@ def test_fit_is_chosen_off_jax_and_forcing_another_mode_is_a_typed_error(digits)
         fp16cont.continue_training(_model(), x, y, engine="resident", verbose=0)
 
 
-def test_convolution_search_only_on_cuda_without_a_determinism_request_and_always_restored():
+def test_convolution_search_only_on_cuda_without_a_determinism_request():
     from fp16cont.reporting.results import EngineChoice
     from fp16cont.training.engine import convolution_search, tuned_convolutions
 
@@ -62,40 +62,57 @@ def test_convolution_search_only_on_cuda_without_a_determinism_request_and_alway
     assert not convolution_search("torch", "cpu", False)
     assert not convolution_search("jax", "cuda", False) and not convolution_search("tensorflow", "cuda", False)
     assert not choose_engine(Engine(), np.zeros((8, 64), "float32"), {}).convolution_search  # not torch with CUDA here
-
-    torch = pytest.importorskip("torch")
-    before = torch.backends.cudnn.benchmark
-    on = EngineChoice("fit", 1, "Keras fit: torch; cuDNN ...", convolution_search=True)
-    with tuned_convolutions(on):
-        assert torch.backends.cudnn.benchmark is True
-        with tuned_convolutions(on):  # a nested or concurrent call shares it
-            assert torch.backends.cudnn.benchmark is True
-        assert torch.backends.cudnn.benchmark is True  # still on for the outer call
-    assert torch.backends.cudnn.benchmark == before
-    with pytest.raises(RuntimeError), tuned_convolutions(on):
-        raise RuntimeError("a failing fit")
-    assert torch.backends.cudnn.benchmark == before  # restored after a failure too
     with tuned_convolutions(EngineChoice("fit", 1, "engine='fit' was asked for")):
-        assert torch.backends.cudnn.benchmark == before  # a forced Keras fit runs untouched
+        pass  # nothing to switch: no torch needed
 
+
+def test_shared_switch_is_on_while_any_call_runs_and_then_restored():
     import threading
 
-    inside, release = threading.Barrier(3), threading.Event()
+    from fp16cont.training.engine import SharedSwitch
+
+    box = {"on": False}
+    switch = SharedSwitch(lambda: box["on"], lambda v: box.update(on=v))
+    with switch:
+        assert box["on"] is True
+        with switch:  # nested
+            assert box["on"] is True
+        assert box["on"] is True  # still on for the outer call
+    assert box["on"] is False
+    with pytest.raises(RuntimeError), switch:
+        raise RuntimeError("a failing fit")
+    assert box["on"] is False  # restored after a failure too
+    box["on"] = True  # the user's own setting is given back as it was
+    with switch:
+        pass
+    assert box["on"] is True
+    box["on"] = False
+    with switch:
+        box["on"] = False  # turned off by someone during the call: kept off
+    assert box["on"] is False
+
+    inside, release, errors = threading.Barrier(3, timeout=30), threading.Event(), []
 
     def call():
-        with tuned_convolutions(on):
-            inside.wait()
-            release.wait()
+        try:
+            with switch:
+                inside.wait()
+                release.wait(30)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the test's thread
+            errors.append(error)
 
-    threads = [threading.Thread(target=call) for _ in range(2)]
+    threads = [threading.Thread(target=call, daemon=True) for _ in range(2)]
     for t in threads:
         t.start()
-    inside.wait()
-    assert torch.backends.cudnn.benchmark is True
-    release.set()
-    for t in threads:
-        t.join()
-    assert torch.backends.cudnn.benchmark == before  # the last of two overlapping calls restores it
+    try:
+        inside.wait()
+        assert box["on"] is True  # both calls inside
+    finally:
+        release.set()
+        for t in threads:
+            t.join(30)
+    assert not errors
+    assert box["on"] is False  # the last of two overlapping calls restores it
 
 
 def test_engine_fit_runs_keras_fit(digits):

@@ -202,3 +202,23 @@ def test_the_progress_bar_never_counts_past_the_epoch(capsys):
     assert result.engine == "compiled"
     assert "12/12" in out and "16/12" not in out
     assert seen == [7, 15, 7, 15]  # other callbacks still see Keras' own step numbers
+
+
+def test_steps_per_epoch_trains_exactly_the_steps_asked_for(digits):
+    """Keras runs whole calls: 10 steps at 8 per call would train 16; the engine lowers the count to 5."""
+    import tensorflow as tf
+
+    (x, y), _ = digits
+    data = tf.data.Dataset.from_tensor_slices((x[:320], y[:320])).batch(32).repeat()
+    model = _model()
+    seen = []
+
+    class Steps(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(batch)
+
+    result = fp16cont.continue_training(model, data, epochs=2, steps_per_epoch=10, verbose=0,
+                                        engine=Engine("compiled", steps_per_execution=8), callbacks=[Steps()])
+    assert result.engine == "compiled" and "5 steps per call" in result.engine_reason
+    assert int(model.optimizer.iterations.numpy()) == 20
+    assert seen == [4, 9, 4, 9]
