@@ -477,9 +477,8 @@ def rounding_key(seed: int, step: Any, salt: Any = 0) -> Any:
         >>> int(rounding_key(0, 1)) != int(rounding_key(0, 2))
         True
     """
-    if not isinstance(salt, int):  # a traced salt: the whole key on the device
-        base = _i32(_lowbias32_int(int(seed) * 0x9E3779B9 + 0x6A09E667))
-        fixed = _lowbias32(ops.add(ops.multiply(ops.cast(salt, "int32"), _i32(0x85EBCA6B)), base))
+    if not isinstance(salt, int):  # a traced salt: the salt's part on the device
+        fixed = _lowbias32(ops.add(ops.multiply(ops.cast(salt, "int32"), _i32(0x85EBCA6B)), _i32(_seed_base(seed))))
     else:
         fixed = _i32(key_constant(seed, salt))
     return _lowbias32(ops.add(ops.multiply(ops.cast(step, "int32"), _i32(0x9E3779B9)), fixed))
@@ -503,8 +502,12 @@ def key_constant(seed: int, salt: int) -> int:
         >>> key_constant(0, 1) != key_constant(0, 2)
         True
     """
-    base = _lowbias32_int(int(seed) * 0x9E3779B9 + 0x6A09E667)
-    return _lowbias32_int(int(salt) * 0x85EBCA6B + base)
+    return _lowbias32_int(int(salt) * 0x85EBCA6B + _seed_base(seed))
+
+
+def _seed_base(seed: int) -> int:
+    """The seed's part of every rounding key, on the host."""
+    return _lowbias32_int(int(seed) * 0x9E3779B9 + 0x6A09E667)
 
 
 def stochastic_round(x: Any, dtype: str, key: Any) -> Any:
