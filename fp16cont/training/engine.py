@@ -177,7 +177,7 @@ def choose_engine(engine: Engine, x: Any, fit_kwargs: dict[str, Any]) -> EngineC
     if engine.mode == "compiled" or (engine.mode == "auto" and backend == "tensorflow"):
         from fp16cont.training.tf_engine import choose_compiled  # Keras fit's loop, tuned (TensorFlow)
 
-        return choose_compiled(engine, backend)
+        return choose_compiled(engine, backend, fit_kwargs)
     forced = engine.mode != "auto"
     why_not = _why_not_jax_engine(backend, x, fit_kwargs, engine.mode)
     if why_not is not None:

@@ -40,26 +40,39 @@ import keras
 from fp16cont.errors import UnsupportedBackendError
 
 __all__ = ["CPU_STEPS_PER_EXECUTION", "ACCELERATOR_STEPS_PER_EXECUTION", "choose_compiled", "fit_compiled",
-           "fit_choice", "dividing_steps", "StepClippedProgbar", "progress_callbacks"]
+           "dividing_steps", "StepClippedProgbar", "progress_callbacks"]
 
 CPU_STEPS_PER_EXECUTION = 8
 ACCELERATOR_STEPS_PER_EXECUTION = 32
 
 
-def choose_compiled(engine: Any, backend: str) -> Any:
+def choose_compiled(engine: Any, backend: str, fit_kwargs: dict[str, Any] | None = None) -> Any:
     """The ``"compiled"`` :class:`~fp16cont.training.engine.EngineChoice` for a TensorFlow run.
+
+    Keras' loop starts one call per ``steps_per_execution`` steps and each
+    call runs that many steps unless the data ends, so a ``steps_per_epoch``
+    it does not divide would train more steps than asked (10 at 8 per call:
+    16). The count is therefore lowered to divide the call's
+    ``steps_per_epoch`` and ``validation_steps`` (:func:`dividing_steps`),
+    and the reason says so.
 
     Args:
         engine: The requested :class:`~fp16cont.training.engine.Engine`.
         backend: ``keras.backend.backend()``.
+        fit_kwargs: The call's extra ``fit`` arguments.
 
     Returns:
         The engine choice (its ``steps_per_execution`` is the engine's own
-        or the device default; :func:`fit_compiled` raises it to the model's
-        compiled value if that is larger).
+        or the device default, lowered as above; :func:`fit_compiled` raises
+        it to the model's compiled value if that is larger).
 
     Raises:
         UnsupportedBackendError: When ``"compiled"`` is forced on another backend.
+
+    Example:
+        >>> from fp16cont.training.engine import Engine
+        >>> choose_compiled(Engine("compiled", steps_per_execution=8), "tensorflow", {"steps_per_epoch": 10}).steps_per_execution
+        5
     """
     from fp16cont.training.engine import EngineChoice
 
@@ -69,11 +82,17 @@ def choose_compiled(engine: Any, backend: str) -> Any:
             "engine='auto' (it picks the fast mode of every backend) or pass engine='fit'."
         )
     accelerator = _has_accelerator()
-    spe = engine.steps_per_execution or (ACCELERATOR_STEPS_PER_EXECUTION if accelerator else CPU_STEPS_PER_EXECUTION)
+    wanted = engine.steps_per_execution or (ACCELERATOR_STEPS_PER_EXECUTION if accelerator else CPU_STEPS_PER_EXECUTION)
+    counts = {name: (fit_kwargs or {}).get(name) for name in ("steps_per_epoch", "validation_steps")}
+    counts = {name: value for name, value in counts.items() if value}
+    spe = dividing_steps(wanted, list(counts.values()))
+    lowered = "" if spe == wanted else (
+        f"; {spe} steps per call, not {wanted}, so that the calls add up to "
+        + ", ".join(f"{name}={value}" for name, value in counts.items()))
     return EngineChoice(
         "compiled", spe,
-        f"Keras fit's compiled loop, {spe} steps per tf.function call, inputs staged by tf.data with prefetch; "
-        f"XLA as Keras picks it ({'on with' if accelerator else 'off without'} an accelerator)",
+        f"Keras fit's compiled loop, {wanted} steps per tf.function call, inputs staged by tf.data with prefetch; "
+        f"XLA as Keras picks it ({'on with' if accelerator else 'off without'} an accelerator){lowered}",
     )
 
 
@@ -82,7 +101,7 @@ def fit_compiled(model: keras.Model, steps_per_execution: int, fit: Callable[[],
 
     Args:
         model: A compiled model.
-        steps_per_execution: Steps per call (from :func:`fit_choice`); the
+        steps_per_execution: Steps per call (from :func:`choose_compiled`); the
             model's own compiled value is used when it is larger (the user's
             own choice, run as Keras runs it).
         fit: Calls ``model.fit`` with the run's arguments.
@@ -103,37 +122,6 @@ def fit_compiled(model: keras.Model, steps_per_execution: int, fit: Callable[[],
         return fit()
     finally:
         model.steps_per_execution, model.train_function, model.test_function, model.predict_function = own
-
-
-def fit_choice(choice: Any, fit_kwargs: dict[str, Any]) -> Any:
-    """``choice`` with its steps per call lowered to divide the call's ``steps_per_epoch`` and ``validation_steps``.
-
-    Keras' loop starts one call per ``steps_per_execution`` steps and each
-    call runs that many steps unless the data ends, so a ``steps_per_epoch``
-    it does not divide would train more steps than asked (10 at 8 per call:
-    16).
-
-    Args:
-        choice: A ``"compiled"`` :class:`~fp16cont.training.engine.EngineChoice`.
-        fit_kwargs: The call's extra ``fit`` arguments.
-
-    Returns:
-        The same choice, or one with fewer steps per call and a reason that says why.
-
-    Example:
-        >>> from fp16cont.training.engine import EngineChoice
-        >>> fit_choice(EngineChoice("compiled", 8, "8 steps per call"), {"steps_per_epoch": 10}).steps_per_execution
-        5
-    """
-    import dataclasses
-
-    counts = {name: fit_kwargs.get(name) for name in ("steps_per_epoch", "validation_steps") if fit_kwargs.get(name)}
-    spe = dividing_steps(choice.steps_per_execution, list(counts.values()))
-    if spe == choice.steps_per_execution:
-        return choice
-    given = ", ".join(f"{name}={value}" for name, value in counts.items())
-    return dataclasses.replace(choice, steps_per_execution=spe, reason=(
-        f"{choice.reason}; {spe} steps per call, not {choice.steps_per_execution}, so that the calls add up to {given}"))
 
 
 def dividing_steps(steps_per_execution: int, step_counts: Sequence[int | None]) -> int:
@@ -162,7 +150,7 @@ class StepClippedProgbar(keras.callbacks.ProgbarLogger):
     call that the data's end cut short: 12 batches at 8 per call print
     ``16/12``. This bar clips the step to the epoch's last one; other
     callbacks see Keras' values. (With ``steps_per_epoch`` given, the calls
-    divide it exactly: :func:`fit_choice`.) Data of unknown length has no
+    divide it exactly: :func:`choose_compiled`.) Data of unknown length has no
     last step to clip to, and shows Keras' count.
 
     Example:

@@ -33,7 +33,7 @@ from fp16cont.training.data import (
     batch_rows, check_fit_args, check_fits_model, is_array_like, is_tf_dataset, sample_count, samples_per_epoch,
 )
 from fp16cont.training.engine import Engine, Resident, as_engine, choose_engine, fit_with_engine, tuned_convolutions
-from fp16cont.training.tf_engine import fit_choice, fit_compiled, progress_callbacks
+from fp16cont.training.tf_engine import fit_compiled, progress_callbacks
 from fp16cont.errors import InvalidArgumentError, InvalidSourceError, MissingLossError
 from fp16cont.convert.rebuild import float_precision, weight_bytes
 from fp16cont.convert.lora import prepare_lora
@@ -201,8 +201,6 @@ def continue_training(
     state_report = carry_optimizer_state(initial_optimizer_state, model) if initial_optimizer_state is not None else None
     resumed = load_checkpoint(model, checkpoint_dir) if checkpoint_dir is not None else None
     choice = choose_engine(options, x, fit_kwargs)
-    if choice.mode == "compiled":
-        choice = fit_choice(choice, fit_kwargs)  # calls that add up to the steps asked for
     timer = EpochTimer()
     stagnation_monitor = StagnationMonitor()
     monitors: list[keras.callbacks.Callback] = [timer, stagnation_monitor] if stagnation else [timer]
