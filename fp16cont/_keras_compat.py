@@ -54,6 +54,7 @@ __all__ = [
     "set_pending_jax_state",
     "jax_state_was_synced",
     "clear_jax_state",
+    "update_metrics_after_step",
 ]
 
 SUPPORTED_KERAS = ((3, 8), (4, 0))  # [lowest, highest) major.minor tested
@@ -459,3 +460,20 @@ def clear_jax_state(model: keras.Model) -> None:
     """Write any pending state back and end the protocol (``fit`` does this last)."""
     model.jax_state_sync()
     model._jax_state = None  # private Keras API
+
+
+def update_metrics_after_step(model: keras.Model, metrics_variables: Any, unscaled_loss: Any, x: Any, y: Any,
+                              y_pred: Any, sample_weight: Any) -> tuple[dict[str, Any], list[Any]]:
+    """The JAX trainer's metric update after a step: the loss tracker, then the compiled metrics.
+
+    Args:
+        model: The model being trained (JAX backend).
+        metrics_variables: The metric variables' values before the update.
+        unscaled_loss: The step's loss, before any loss scaling.
+        x, y, y_pred, sample_weight: The step's batch and predictions.
+
+    Returns:
+        ``(logs, new metrics_variables)``, as the trainer's ``train_step`` makes them.
+    """
+    update = _require(model, "_update_metrics_variables", "the JAX training engine's per-replica step")
+    return update(metrics_variables, unscaled_loss, x, y, y_pred, sample_weight)  # private Keras API

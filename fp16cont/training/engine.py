@@ -56,6 +56,7 @@ import numpy as np
 
 from fp16cont import _keras_compat as compat
 from fp16cont.reporting.results import EngineChoice
+from fp16cont.training.replica import BATCH_STATISTICS, has_batch_normalization, replica_blocker, replica_train_step
 from fp16cont.training.data import is_array_like, is_tf_dataset
 from fp16cont.errors import DataError, InvalidArgumentError, UnsupportedBackendError
 
@@ -97,6 +98,14 @@ class Engine:
         prefetch: Chunks the streamed mode prepares ahead of the device.
         max_resident_fraction: Largest share of device memory the resident
             data may take before ``"auto"`` streams it instead.
+        batch_statistics: Under a JAX ``keras.distribution``, whose batch
+            BatchNormalization normalises with: ``"global"`` (the whole
+            batch's statistics, the one-device result, as Keras' own JAX
+            ``fit`` computes them) or ``"replica"`` (each device's own rows,
+            as ``synchronized=False`` documents and ``tf.distribute`` does;
+            no cross-device reduction inside the forward pass, see
+            :mod:`fp16cont.training.replica`). Without a distribution both
+            are the same.
 
     Raises:
         InvalidArgumentError: For an unknown mode or a bad number.
@@ -114,6 +123,7 @@ class Engine:
     shuffle_seed: int = 0
     prefetch: int = 2
     max_resident_fraction: float = 0.5
+    batch_statistics: str = "global"
 
     def __post_init__(self) -> None:
         if self.mode not in ENGINE_MODES:
@@ -130,6 +140,11 @@ class Engine:
                     f"Argument `{name}` should be a positive integer. Received: {name}={value!r}. "
                     f"Fix: pass e.g. {name}={32 if name == 'steps_per_execution' else 2}."
                 )
+        if self.batch_statistics not in BATCH_STATISTICS:
+            raise InvalidArgumentError(
+                f"Argument `batch_statistics` should be one of {BATCH_STATISTICS}. Received: {self.batch_statistics!r}. "
+                "Fix: leave it 'global', or pass 'replica' for each device's own BatchNorm statistics."
+            )
         if not 0 < float(self.max_resident_fraction) <= 1:
             raise InvalidArgumentError(
                 f"Argument `max_resident_fraction` should be in (0, 1]. Received: {self.max_resident_fraction!r}. "
@@ -191,15 +206,15 @@ def choose_engine(engine: Engine, x: Any, fit_kwargs: dict[str, Any]) -> EngineC
                                                                  "measurement during the call" if search else ""), search)
     spe = engine.steps_per_execution or (1 if _platform() == "cpu" else ACCELERATOR_STEPS_PER_EXECUTION)
     if keras.distribution.distribution() is not None and _process_count() > 1:
-        return EngineChoice("streamed", spe, f"data streamed: each of {_process_count()} processes feeds its own shard" + _over_mesh())
+        return EngineChoice("streamed", spe, f"data streamed: each of {_process_count()} processes feeds its own shard" + _over_mesh(engine))
     if isinstance(x, Resident):
-        return EngineChoice("resident", spe, "arrays already uploaded to the device" + _over_mesh())
+        return EngineChoice("resident", spe, "arrays already uploaded to the device" + _over_mesh(engine))
     if is_array_like(x):
         fits = _fits_device(_nbytes(x), engine.max_resident_fraction)
         if engine.mode == "resident" or (engine.mode == "auto" and fits):
-            return EngineChoice("resident", spe, "array data resident on the device" + _over_mesh())
-        return EngineChoice("streamed", spe, "arrays streamed from host memory" + ("" if fits else " (too large for the device)") + _over_mesh())
-    return EngineChoice("streamed", spe, f"{type(x).__name__} streamed to the device" + _over_mesh())
+            return EngineChoice("resident", spe, "array data resident on the device" + _over_mesh(engine))
+        return EngineChoice("streamed", spe, "arrays streamed from host memory" + ("" if fits else " (too large for the device)") + _over_mesh(engine))
+    return EngineChoice("streamed", spe, f"{type(x).__name__} streamed to the device" + _over_mesh(engine))
 
 
 def _tf_strategy_active() -> bool:
@@ -436,13 +451,14 @@ def _process_count() -> int:
     return int(jax.process_count())
 
 
-def _over_mesh() -> str:
+def _over_mesh(engine: Engine | None = None) -> str:
     distribution = keras.distribution.distribution()
     if distribution is None:
         return ""
     mesh = distribution.device_mesh
     shape = " x ".join(f"{n} {name}" for n, name in zip(mesh.shape, mesh.axis_names))
-    return f", batches split over {type(distribution).__name__} mesh ({shape})"
+    statistics = "; BatchNorm statistics per replica" if engine is not None and engine.batch_statistics == "replica" else ""
+    return f", batches split over {type(distribution).__name__} mesh ({shape}){statistics}"
 
 
 def _state_shardings(model: keras.Model, placement: _Placement) -> tuple[list[Any], ...]:
@@ -537,7 +553,8 @@ def fit_with_engine(
         if placement is not None:
             shardings = _state_shardings(model, placement)
             _lay_out_state(model, shardings)
-        run = _compiled_steps(model, prep, engine, choice.mode == "resident", jax, jnp, placement, shardings)
+        train_step = _train_step(model, engine, placement, shardings)
+        run = _compiled_steps(model, prep, engine, choice.mode == "resident", jax, jnp, placement, shardings, train_step)
         if placement is not None:
             cache, key = _COMPILED[model], ("settle", tuple(tuple(group) for group in shardings))
             if key not in cache:
@@ -651,8 +668,26 @@ def _split(x: Any, y: Any, sample_weight: Any, split: float) -> tuple[tuple[Any,
 _COMPILED: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDictionary()
 
 
+def _train_step(model: keras.Model, engine: Engine, placement: _Placement | None, shardings: Any) -> Callable[[Any, Any], Any] | None:
+    """The per-replica step when ``batch_statistics="replica"`` applies on a mesh, else ``None`` (Keras' own ``train_step``).
+
+    Raises:
+        InvalidArgumentError: When per-replica statistics were asked for a
+            model the per-replica step cannot train.
+    """
+    if engine.batch_statistics != "replica" or placement is None or not has_batch_normalization(model):
+        return None  # nothing would differ
+    why_not = replica_blocker(model, shardings)
+    if why_not is not None:
+        raise InvalidArgumentError(
+            f"Engine(batch_statistics='replica') cannot train this model: {why_not}. Fix: leave batch_statistics='global'."
+        )
+    return replica_train_step(model, placement.mesh, placement.batch_axis)
+
+
 def _compiled_steps(model: keras.Model, prep: Callable[[Any], Any], engine: Engine, resident: bool, jax: Any, jnp: Any,
-                    placement: _Placement | None = None, shardings: Any = None) -> Callable[..., Any]:
+                    placement: _Placement | None = None, shardings: Any = None,
+                    train_step: Callable[[Any, Any], Any] | None = None) -> Callable[..., Any]:
     """The jitted multi-step function, kept per model until it is recompiled.
 
     ``run(state, arrays, chunk, start, count, logs, loop)``: with ``loop``
@@ -668,15 +703,17 @@ def _compiled_steps(model: keras.Model, prep: Callable[[Any], Any], engine: Engi
     its first axis over the mesh and the state keeps its layout
     (``shardings``); the gradients are then summed over the devices inside
     the step, so the loss-scale and finiteness decisions are one value for
-    all replicas.
+    all replicas. ``train_step`` (from :func:`_train_step`) replaces Keras'
+    own step: the per-replica one of ``batch_statistics="replica"``.
     """
     compiled_with = (id(model.optimizer), id(model.loss), model.compiled)
     cache = _COMPILED.get(model)
     if cache is None or cache.get("compiled_with") != compiled_with:
         cache = {"compiled_with": compiled_with}
         _COMPILED[model] = cache
+    step = train_step or model.train_step  # Keras' own unless the per-replica step is given
     key = (resident, engine.donate, engine.preprocess, engine.input_scale, engine.input_offset, placement,
-           None if shardings is None else tuple(tuple(group) for group in shardings))
+           None if shardings is None else tuple(tuple(group) for group in shardings), train_step is not None)
     if key in cache:
         return cache[key]
 
@@ -692,7 +729,7 @@ def _compiled_steps(model: keras.Model, prep: Callable[[Any], Any], engine: Engi
         def one(carry: Any, i: Any) -> Any:
             x, y, sw = batch(i)
             data = (prep(x), y) if sw is None else (prep(x), y, sw)
-            logs, carry = model.train_step(carry, data)
+            logs, carry = step(carry, data)
             return carry, logs
 
         if not loop:

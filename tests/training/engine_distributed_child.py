@@ -24,9 +24,9 @@ mode, out = sys.argv[1], sys.argv[2]
 os.environ["KERAS_BACKEND"] = "jax"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if mode in ("devices", "data_parallel", "model_parallel"):
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"
 else:
-    os.environ.pop("XLA_FLAGS", None)  # one CPU device per process
+    os.environ["XLA_FLAGS"] = "--xla_backend_optimization_level=0"  # one CPU device per process
 
 import jax  # noqa: E402
 
@@ -128,19 +128,75 @@ def data_parallel_runs(results):
                                   "all_reduce": _all_reduces(model)}
 
 
-def _all_reduces(model):
+def batchnorm_runs(results):
+    """Per-replica BatchNorm statistics: one float32 step checked against the replicas' gradients averaged by hand,
+    and float16 continue_training with every default under both settings."""
+    (x, y), _ = load_digits()
+    x, y = x[:256].reshape(-1, 8, 8, 1), y[:256]
+    dp = keras.distribution.DataParallel()
+
+    def cnn(precision=None):
+        keras.utils.set_random_seed(0)
+        source = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(16, 3), keras.layers.BatchNormalization(momentum=0.5),
+                                   keras.layers.ReLU(), keras.layers.Conv2D(16, 3), keras.layers.BatchNormalization(momentum=0.5),
+                                   keras.layers.ReLU(), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)])
+        source.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return source if precision is None else fp16cont.build_fp16_model(source, precision=precision, verify=False)
+
+    def one_step(statistics):  # float32, plain SGD, one batch of 64 (32 rows per device)
+        model = cnn()
+        engine = Engine("resident", steps_per_execution=1, batch_statistics=statistics)
+        with dp.scope():
+            engine_lib.fit_with_engine(model, x[:64], y[:64], choice=engine_lib.choose_engine(engine, x, {}), engine=engine,
+                                       epochs=1, batch_size=64, validation_data=None, callbacks=[], verbose=0,
+                                       fit_kwargs={"shuffle": False})
+        return model
+
+    def by_hand():  # each device's half with its own statistics, gradients and moving statistics averaged
+        model = cnn()
+        model.build((None, 8, 8, 1))
+        model.optimizer.build(model.trainable_variables)
+        values = lambda vs: [v.value for v in vs]  # noqa: E731
+        halves = [jax.value_and_grad(model.compute_loss_and_updates, has_aux=True)(
+            values(model.trainable_variables), values(model.non_trainable_variables), values(model.metrics_variables),
+            x[rows], y[rows], None, training=True, optimizer_variables=values(model.optimizer.variables)) for rows in (slice(0, 32), slice(32, 64))]
+        for v, a, b in zip(model.trainable_variables, halves[0][1], halves[1][1]):
+            v.assign(v.value - 0.1 * (a + b) / 2)
+        for v, a, b in zip(model.non_trainable_variables, halves[0][0][1][2], halves[1][0][1][2]):
+            v.assign((a + b) / 2)
+        return model
+
+    fit = {"optimizer": keras.optimizers.SGD(0.1, momentum=0.9), "loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True)}
+    results["bn_float32_step"] = {name: weights(model) for name, model in
+                                  (("replica", one_step("replica")), ("global", one_step("global")), ("by_hand", by_hand()))}
+    for statistics in ("global", "replica"):
+        with dp.scope():
+            model = cnn("float16")
+            result = fp16cont.continue_training(model, x, y, epochs=2, batch_size=64, verbose=0, shuffle=False, **fit,
+                                                engine=Engine("resident", steps_per_execution=2, batch_statistics=statistics))
+            results[f"bn_float16_{statistics}"] = {
+                **summary(model, result), "replicas_agree": replicas_agree(model), "scale_per_device": per_device(model, "scale"),
+                "all_reduce": _all_reduces(model, statistics, rows=256, batch=64, spe=2, features=(8, 8, 1)),
+            }
+    model = cnn("float16")
+    results["bn_float16_one_device"] = summary(model, fp16cont.continue_training(
+        model, x, y, epochs=2, batch_size=64, verbose=0, shuffle=False, engine=Engine("resident", steps_per_execution=2), **fit))
+
+
+def _all_reduces(model, statistics="global", rows=ROWS, batch=64, spe=4, features=(64,)):
     """How many all-reduce operations the engine's compiled step holds (the gradient sum over devices)."""
     # the engine's step for this model and layout (cached), lowered for a small chunk
     placement = engine_lib._placement()
     shardings = engine_lib._state_shardings(model, placement)
     state = tuple([v.value for v in group] for group in engine_lib._state_variables(model))
-    run = engine_lib._compiled_steps(model, engine_lib._identity, Engine("resident", steps_per_execution=4),
-                                     True, jax, jax.numpy, placement, shardings)
+    engine = Engine("resident", steps_per_execution=spe, batch_statistics=statistics)
+    run = engine_lib._compiled_steps(model, engine_lib._identity, engine, True, jax, jax.numpy, placement, shardings,
+                                     engine_lib._train_step(model, engine, placement, shardings))
     # the shapes and layouts of the training call, so the compilation is the one already made
-    arrays = placement.replicate((np.zeros((ROWS, 64), np.float32), np.zeros((ROWS,), np.int32), None))
-    chunk = placement.put(np.zeros((ROWS // 64, 64), np.int32))
+    arrays = placement.replicate((np.zeros((rows, *features), np.float32), np.zeros((rows,), np.int32), None))
+    chunk = placement.put(np.zeros((rows // batch, batch), np.int32))
     logs = engine_lib._logs_structure(model, jax.numpy, placement)
-    text = run.lower(state, arrays, chunk, np.int32(0), np.int32(4), logs, True).compile().as_text()
+    text = run.lower(state, arrays, chunk, np.int32(0), np.int32(spe), logs, True).compile().as_text()
     return text.count("all-reduce(") + text.count("all-reduce-start(")
 
 
@@ -227,6 +283,7 @@ def main():
     start = time.perf_counter()
     if mode in ("devices", "data_parallel"):
         data_parallel_runs(results)
+        batchnorm_runs(results)
         results["data_parallel_seconds"] = time.perf_counter() - start
     if mode in ("devices", "model_parallel"):
         model_parallel_runs(results)

@@ -101,6 +101,29 @@ def test_overflow_in_one_replica_is_one_decision_for_all(runs):
     assert np.abs(_flat(two["weights"]) - _flat(clean["weights"])).max() < 0.5
 
 
+def test_per_replica_batch_statistics_average_each_devices_gradients(runs):
+    step = {name: _flat(w) for name, w in runs["devices"]["bn_float32_step"].items()}
+    # one float32 SGD step over 2 devices: each device's rows normalised with their own statistics, the two
+    # gradients and moving statistics averaged (computed by hand, half by half) ...
+    assert np.abs(step["replica"] - step["by_hand"]).max() < 1e-6
+    # ... which is measurably not the global batch's statistics
+    assert np.abs(step["replica"] - step["global"]).max() > 1e-4
+
+
+def test_per_replica_batch_statistics_leave_only_the_gradient_reductions(runs):
+    one, glob, rep = (runs["devices"][f"bn_float16_{k}"] for k in ("one_device", "global", "replica"))
+    assert "BatchNorm statistics per replica" in rep["reason"] and "per replica" not in glob["reason"]
+    # two BatchNorm layers: their forward and backward statistics are cross-device reductions with global statistics
+    assert rep["all_reduce"] < glob["all_reduce"] and rep["all_reduce"] <= 2
+    for run in (glob, rep):
+        assert run["replicas_agree"] and run["scale_per_device"] == [run["loss_scale"]] * 2  # one decision for all
+        assert run["iterations"] == one["iterations"] and run["skipped_steps"] == one["skipped_steps"]
+    assert _close(glob["weights"], one["weights"])
+    # per-replica statistics normalise 32 rows at a time: close to, not equal to, the one-device run
+    assert np.allclose(_flat(rep["weights"]), _flat(one["weights"]), atol=0.1)
+    assert np.allclose(rep["loss"], one["loss"], rtol=0.01)
+
+
 def test_two_processes_match_one_process_and_resume_from_process_0_checkpoint(runs):
     first, second = runs["workers"]
     reference = runs["devices"]["one_float16"]  # global batches of 64 = 32 rows from each process, same order
