@@ -15,6 +15,7 @@ depend on pixel values):
   ct_f16_u8_nosr     ct_f16_u8 with ``compensation=None`` (what the rounding costs, compile included)
   ct_f16_u8_nols     ct_f16_u8 with ``loss_scaling=False`` (what the loss-scale branch costs)
   ct_f16_streamed_p4 ct_f16_streamed with ``prefetch=4`` chunks in flight
+  ct_f16_u8_spe1     ct_f16_u8 with ``steps_per_execution=1``: one step per call, no device loop
   engine_by_hand     ``fp16cont.training.engine.fit_with_engine`` called by hand on the
                      fp16cont model, without continue_training's checks and monitors
 
@@ -57,7 +58,7 @@ from fp16cont.training.engine import Engine, choose_engine, fit_with_engine  # n
 from fp16cont.training.train import prepare_optimizer  # noqa: E402
 
 VARIANTS = ("keras_fp32_fit", "keras_fp32_spe", "keras_mixed_spe", "ct_f16", "ct_f16_u8", "ct_f16_streamed", "ct_mixed", "engine_by_hand",
-            "ct_f16_u8_nosr", "ct_f16_streamed_p4", "ct_f16_u8_nols")
+            "ct_f16_u8_nosr", "ct_f16_streamed_p4", "ct_f16_u8_nols", "ct_f16_u8_spe1")
 TARGETS = {  # numerator, denominator, target
     "resnet50": (("ct_f16", "keras_fp32_fit", 1.7), ("ct_f16", "keras_mixed_spe", 1.4), ("ct_f16", "ct_mixed", 1.0),
                  ("ct_f16_streamed", "ct_f16_u8", 0.9), ("ct_f16", "engine_by_hand", 0.97)),
@@ -147,6 +148,7 @@ def variants(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, tuple[
         "ct_f16_u8_nosr": (f16, ct_epoch("x8", scale, compensation=None)),
         "ct_f16_u8_nols": (f16, ct_epoch("x8", scale, loss_scaling=False)),
         "ct_f16_streamed_p4": (f16, ct_epoch("x8", Engine("streamed", input_scale=1 / 255, prefetch=4))),
+        "ct_f16_u8_spe1": (f16, ct_epoch("x8", Engine(steps_per_execution=1, input_scale=1 / 255))),
         "engine_by_hand": (by_hand_setup, by_hand_epoch),
     }
 
