@@ -9,14 +9,22 @@ from fp16cont.optim.carry import innermost_optimizer
 from tests.conftest import MODEL_BUILDERS, snapshot
 
 
-@pytest.fixture()
-def source(digits):
+@pytest.fixture(scope="module")
+def trained_source(digits):
     keras.utils.set_random_seed(0)
     model = MODEL_BUILDERS["sequential"]()
     (x, y), _ = digits
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x, y, epochs=2, batch_size=128, verbose=0)
     return model
+
+
+@pytest.fixture()
+def source(trained_source):
+    """The float32 model trained once for the module; each test that takes it must leave it as it was."""
+    before = snapshot(trained_source)
+    yield trained_source
+    assert snapshot(trained_source) == before, "a test changed the shared source model"
 
 
 def test_three_step_flow_learns_and_reports(source, digits):
