@@ -168,21 +168,50 @@ def as_engine(engine: Any) -> Engine:
     )
 
 
-def choose_engine(engine: Engine, x: Any, fit_kwargs: dict[str, Any]) -> EngineChoice:
+def choose_engine(engine: Engine, x: Any, fit_kwargs: dict[str, Any], model: keras.Model | None = None) -> EngineChoice:
     """Pick the execution mode for this backend, data and set of ``fit`` arguments.
 
     Args:
         engine: The requested engine.
         x: The training inputs.
         fit_kwargs: The extra ``fit`` keyword arguments of the call.
+        model: The model to train; with it, ``batch_statistics="replica"``
+            is checked against the chosen mode and said in the reason.
 
     Returns:
         The :class:`EngineChoice`.
 
     Raises:
         InvalidArgumentError: When ``"resident"``/``"streamed"`` is forced
-            where it cannot run.
+            where it cannot run, or per-replica statistics were asked for
+            where the chosen mode cannot give them.
     """
+    choice = _choose_mode(engine, x, fit_kwargs)
+    if model is None or not _replica_statistics_wanted(engine, model):
+        return choice
+    why_not = replica_blocker(model, None)
+    if why_not is not None:
+        raise InvalidArgumentError(
+            f"Engine(batch_statistics='replica') cannot train this model: {why_not}. Fix: leave batch_statistics='global'."
+        )
+    if choice.mode in ("fit", "compiled"):
+        raise InvalidArgumentError(
+            f"Engine(batch_statistics='replica') needs the resident or streamed mode, and this call runs Keras' fit "
+            f"({choice.reason}), whose BatchNorm takes the global batch's statistics under a JAX distribution. "
+            "Fix: pass array data, a tf.data.Dataset or a keras.utils.PyDataset with engine='auto', or leave "
+            "batch_statistics='global'."
+        )
+    return EngineChoice(choice.mode, choice.steps_per_execution, choice.reason + "; BatchNorm statistics per replica",
+                        choice.convolution_search)
+
+
+def _replica_statistics_wanted(engine: Engine, model: keras.Model) -> bool:
+    """Whether per-replica statistics were asked for and would change anything (a JAX mesh, BatchNorm)."""
+    return (engine.batch_statistics == "replica" and keras.backend.backend() == "jax"
+            and keras.distribution.distribution() is not None and has_batch_normalization(model))
+
+
+def _choose_mode(engine: Engine, x: Any, fit_kwargs: dict[str, Any]) -> EngineChoice:
     backend = keras.backend.backend()
     if engine.mode == "fit":
         return EngineChoice("fit", 1, "engine='fit' was asked for")
@@ -206,15 +235,15 @@ def choose_engine(engine: Engine, x: Any, fit_kwargs: dict[str, Any]) -> EngineC
                                                                  "measurement during the call" if search else ""), search)
     spe = engine.steps_per_execution or (1 if _platform() == "cpu" else ACCELERATOR_STEPS_PER_EXECUTION)
     if keras.distribution.distribution() is not None and _process_count() > 1:
-        return EngineChoice("streamed", spe, f"data streamed: each of {_process_count()} processes feeds its own shard" + _over_mesh(engine))
+        return EngineChoice("streamed", spe, f"data streamed: each of {_process_count()} processes feeds its own shard" + _over_mesh())
     if isinstance(x, Resident):
-        return EngineChoice("resident", spe, "arrays already uploaded to the device" + _over_mesh(engine))
+        return EngineChoice("resident", spe, "arrays already uploaded to the device" + _over_mesh())
     if is_array_like(x):
         fits = _fits_device(_nbytes(x), engine.max_resident_fraction)
         if engine.mode == "resident" or (engine.mode == "auto" and fits):
-            return EngineChoice("resident", spe, "array data resident on the device" + _over_mesh(engine))
-        return EngineChoice("streamed", spe, "arrays streamed from host memory" + ("" if fits else " (too large for the device)") + _over_mesh(engine))
-    return EngineChoice("streamed", spe, f"{type(x).__name__} streamed to the device" + _over_mesh(engine))
+            return EngineChoice("resident", spe, "array data resident on the device" + _over_mesh())
+        return EngineChoice("streamed", spe, "arrays streamed from host memory" + ("" if fits else " (too large for the device)") + _over_mesh())
+    return EngineChoice("streamed", spe, f"{type(x).__name__} streamed to the device" + _over_mesh())
 
 
 def _tf_strategy_active() -> bool:
@@ -451,14 +480,13 @@ def _process_count() -> int:
     return int(jax.process_count())
 
 
-def _over_mesh(engine: Engine | None = None) -> str:
+def _over_mesh() -> str:
     distribution = keras.distribution.distribution()
     if distribution is None:
         return ""
     mesh = distribution.device_mesh
     shape = " x ".join(f"{n} {name}" for n, name in zip(mesh.shape, mesh.axis_names))
-    statistics = "; BatchNorm statistics per replica" if engine is not None and engine.batch_statistics == "replica" else ""
-    return f", batches split over {type(distribution).__name__} mesh ({shape}){statistics}"
+    return f", batches split over {type(distribution).__name__} mesh ({shape})"
 
 
 def _state_shardings(model: keras.Model, placement: _Placement) -> tuple[list[Any], ...]:

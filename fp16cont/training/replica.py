@@ -21,11 +21,16 @@ cross-device reductions left are:
 - the loss trackers updated during the loss computation, summed.
 
 The optimizer update and the compiled metrics then run on the global batch,
-as in Keras' own JAX ``train_step``. The result differs from the global-batch
-step only through BatchNorm: each device's rows are normalised with their own
-mean and variance, and the moving variance is the mean of the replicas'
-variances (without the spread of their means). Dropout masks are drawn from the
-same seed on every replica.
+as in Keras' own JAX ``train_step``. The loss is each device's loss averaged
+over the devices, which is what ``tf.distribute`` computes: the global batch's
+loss for Keras' mean reductions, but 1/n of it for a loss that sums over its
+rows (a plain function returning a sum, an ``add_loss`` of a batch sum), and a
+masked loss becomes the mean of each device's masked mean. Apart from that,
+the result differs from the global-batch step through BatchNorm (each device's
+rows normalised with their own mean and variance; the moving variance is the
+mean of the replicas' variances) and through random layers: every replica
+draws its own dropout masks from its own stream (replica 0's is the one the
+global step would use, and the seed state advances as it does there).
 
 Example:
     >>> import keras
@@ -93,6 +98,12 @@ def _loss_reductions(loss: Any) -> list[Any]:
     return [getattr(item, "reduction", "sum_over_batch_size") for item in keras.tree.flatten(loss) if item is not None]
 
 
+def _seed_states(model: keras.Model) -> set[int]:
+    """The ``id`` of every ``keras.random.SeedGenerator`` state variable the model's layers hold."""
+    layers = [model, *compat.flatten_layers(model)]
+    return {id(value.state) for layer in layers for value in vars(layer).values() if isinstance(value, keras.random.SeedGenerator)}
+
+
 def replica_train_step(model: keras.Model, mesh: Any, axis: str) -> Callable[[Any, Any], tuple[Any, Any]]:
     """A stateless ``train_step(state, data)`` whose BatchNorm statistics are each replica's own.
 
@@ -115,15 +126,20 @@ def replica_train_step(model: keras.Model, mesh: Any, axis: str) -> Callable[[An
 
     shards = int(mesh.shape[axis])
     replicated, split = PartitionSpec(), PartitionSpec(axis)
+    seeds = _seed_states(model)
+    is_seed = [id(v) in seeds for v in model.non_trainable_variables]
 
     def local(trainable: Any, non_trainable: Any, optimizer_vars: Any, metrics_vars: Any, x: Any, y: Any, sw: Any) -> Any:
+        replica = jax.lax.axis_index(axis)
+        # each replica draws from its own random stream; replica 0's is the global step's
+        own = [v + replica.astype(v.dtype) if seed else v for v, seed in zip(non_trainable, is_seed)]
         grad_fn = jax.value_and_grad(model.compute_loss_and_updates, has_aux=True)
-        (_, aux), grads = grad_fn(trainable, non_trainable, metrics_vars, x, y, sw, training=True,
+        (_, aux), grads = grad_fn(trainable, own, metrics_vars, x, y, sw, training=True,
                                   optimizer_variables=optimizer_vars)
         unscaled, y_pred, new_non_trainable, new_metrics = aux
-        grads = [jax.lax.psum(g / shards, axis) for g in grads]  # halved first: the sum cannot overflow where the mean would not
+        grads = [jax.lax.psum(g / shards, axis) for g in grads]  # divided first: the sum cannot overflow where the mean would not
         return (grads, jax.lax.pmean(unscaled, axis), y_pred,
-                [_averaged(old, new, axis, shards) for old, new in zip(non_trainable, new_non_trainable)],
+                [_averaged(old, new, axis, shards, replica) for old, new in zip(non_trainable, new_non_trainable)],
                 [_summed(old, new, axis) for old, new in zip(metrics_vars, new_metrics)])
 
     per_replica = _shard_map(jax)(
@@ -155,13 +171,19 @@ def _shard_map(jax: Any) -> Callable[..., Any]:
     return lambda f, **kw: shard_map(f, check_rep=False, **kw)
 
 
-def _averaged(old: Any, new: Any, axis: str, shards: int) -> Any:
-    """The replicas' mean of a changed variable (float32 arithmetic); unchanged ones stay bit-equal."""
+def _averaged(old: Any, new: Any, axis: str, shards: int, replica: Any) -> Any:
+    """The replicas' mean of a changed float variable (float32 arithmetic; unchanged ones stay bit-equal).
+
+    Other variables (seed states, counters) take replica 0's value, so that
+    every device holds the same one.
+    """
     import jax
     import jax.numpy as jnp
 
     if not jnp.issubdtype(new.dtype, jnp.floating):
-        return new  # integer state (seeds, counters) advances the same way on every replica
+        as_number = new.astype(jnp.int32) if new.dtype == jnp.bool_ else new
+        first = jax.lax.psum(jnp.where(replica == 0, as_number, jnp.zeros_like(as_number)), axis)
+        return first.astype(new.dtype)
     delta = jax.lax.psum((new.astype(jnp.float32) - old.astype(jnp.float32)) / shards, axis)
     return (old.astype(jnp.float32) + delta).astype(new.dtype)
 

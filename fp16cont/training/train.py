@@ -200,7 +200,7 @@ def continue_training(
     )
     state_report = carry_optimizer_state(initial_optimizer_state, model) if initial_optimizer_state is not None else None
     resumed = load_checkpoint(model, checkpoint_dir) if checkpoint_dir is not None else None
-    choice = choose_engine(options, x, fit_kwargs)
+    choice = choose_engine(options, x, fit_kwargs, model)
     timer = EpochTimer()
     stagnation_monitor = StagnationMonitor()
     monitors: list[keras.callbacks.Callback] = [timer, stagnation_monitor] if stagnation else [timer]

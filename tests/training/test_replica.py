@@ -71,3 +71,11 @@ def test_per_replica_statistics_over_one_device_equal_the_global_step_and_refuse
         np.testing.assert_allclose(trained["replica"], trained["global"], atol=1e-2, rtol=1e-2)
         with pytest.raises(InvalidArgumentError, match="overrides train_step.*batch_statistics='global'"):
             fp16cont.continue_training(_cnn(cls=_OwnStep), x, y, engine=Engine(batch_statistics="replica"), **kwargs)
+        # Keras' fit takes the global batch's statistics: asking for the replicas' there is refused, not ignored
+        with pytest.raises(InvalidArgumentError, match="needs the resident or streamed mode"):
+            fp16cont.continue_training(_cnn(), x, y, engine=Engine("fit", batch_statistics="replica"), **kwargs)
+        # without BatchNorm there is nothing per replica: the global step runs and the reason does not claim otherwise
+        plain = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+        plain.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        result = fp16cont.continue_training(plain, x, y, engine=Engine(batch_statistics="replica"), **kwargs)
+        assert "per replica" not in result.engine_reason
