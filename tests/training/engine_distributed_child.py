@@ -139,7 +139,8 @@ def batchnorm_runs(results):
         keras.utils.set_random_seed(0)
         source = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(16, 3), keras.layers.BatchNormalization(momentum=0.5),
                                    keras.layers.ReLU(), keras.layers.Conv2D(16, 3), keras.layers.BatchNormalization(momentum=0.5),
-                                   keras.layers.ReLU(), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)])
+                                   keras.layers.ReLU(), keras.layers.GlobalAveragePooling2D(), keras.layers.Dropout(0.25, seed=1),
+                                   keras.layers.Dense(10)])
         source.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         return source if precision is None else fp16cont.build_fp16_model(source, precision=precision, verify=False)
 
@@ -152,23 +153,27 @@ def batchnorm_runs(results):
                                        fit_kwargs={"shuffle": False})
         return model
 
-    def by_hand():  # each device's half with its own statistics, gradients and moving statistics averaged
+    def by_hand():  # each device's half with its own statistics and dropout stream, gradients and moving statistics averaged
         model = cnn()
         model.build((None, 8, 8, 1))
         model.optimizer.build(model.trainable_variables)
         values = lambda vs: [v.value for v in vs]  # noqa: E731
+        seed = [v.dtype == "uint32" for v in model.non_trainable_variables]  # the Dropout's seed state: replica r adds r
         halves = [jax.value_and_grad(model.compute_loss_and_updates, has_aux=True)(
-            values(model.trainable_variables), values(model.non_trainable_variables), values(model.metrics_variables),
-            x[rows], y[rows], None, training=True, optimizer_variables=values(model.optimizer.variables)) for rows in (slice(0, 32), slice(32, 64))]
+            values(model.trainable_variables), [v.value + r if s else v.value for v, s in zip(model.non_trainable_variables, seed)],
+            values(model.metrics_variables), x[32 * r:32 * r + 32], y[32 * r:32 * r + 32], None, training=True,
+            optimizer_variables=values(model.optimizer.variables)) for r in (0, 1)]
         for v, a, b in zip(model.trainable_variables, halves[0][1], halves[1][1]):
             v.assign(v.value - 0.1 * (a + b) / 2)
-        for v, a, b in zip(model.non_trainable_variables, halves[0][0][1][2], halves[1][0][1][2]):
-            v.assign((a + b) / 2)
+        for v, s, a, b in zip(model.non_trainable_variables, seed, halves[0][0][1][2], halves[1][0][1][2]):
+            v.assign(a if s else (a + b) / 2)  # the seed state advances as replica 0's (the global step's)
         return model
 
     fit = {"optimizer": keras.optimizers.SGD(0.1, momentum=0.9), "loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True)}
-    results["bn_float32_step"] = {name: weights(model) for name, model in
-                                  (("replica", one_step("replica")), ("global", one_step("global")), ("by_hand", by_hand()))}
+    stepped = {"replica": one_step("replica"), "global": one_step("global"), "by_hand": by_hand()}
+    results["bn_float32_step"] = {name: weights(model) for name, model in stepped.items()}
+    results["bn_seed_states"] = {name: [np.asarray(v).tolist() for v in model.non_trainable_variables if v.dtype == "uint32"]
+                                 for name, model in stepped.items()}
     for statistics in ("global", "replica"):
         with dp.scope():
             model = cnn("float16")
@@ -178,6 +183,15 @@ def batchnorm_runs(results):
                 **summary(model, result), "replicas_agree": replicas_agree(model), "scale_per_device": per_device(model, "scale"),
                 "all_reduce": _all_reduces(model, statistics, rows=256, batch=64, spe=2, features=(8, 8, 1)),
             }
+    heavy = np.ones(len(y), np.float32)
+    heavy[64 + 40] = 1e4  # batch 1, in the half the second device computes: its scaled gradients overflow float16 there only
+    with dp.scope():
+        model = cnn("float16")
+        result = fp16cont.continue_training(model, x, y, epochs=1, batch_size=64, verbose=0, shuffle=False, **fit,
+                                            sample_weight=heavy, engine=Engine("resident", steps_per_execution=2, batch_statistics="replica"))
+        results["bn_float16_replica_overflow"] = {**summary(model, result), "replicas_agree": replicas_agree(model),
+                                                  "scale_per_device": per_device(model, "scale"),
+                                                  "skipped_per_device": per_device(model, "skipped")}
     model = cnn("float16")
     results["bn_float16_one_device"] = summary(model, fp16cont.continue_training(
         model, x, y, epochs=2, batch_size=64, verbose=0, shuffle=False, engine=Engine("resident", steps_per_execution=2), **fit))
