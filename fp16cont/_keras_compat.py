@@ -123,7 +123,7 @@ def flatten_layers(layer: keras.layers.Layer, recursive: bool = True) -> list[ke
     Example:
         >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
         >>> [type(l).__name__ for l in flatten_layers(m)]
-        ['Dense']
+        ['InputLayer', 'Dense']
     """
     walk = _require(layer, "_flatten_layers", "walking sub-layers")
     return list(walk(include_self=False, recursive=recursive))  # private Keras API
@@ -186,10 +186,12 @@ def is_functional(model: Any) -> bool:
         model: Any object.
 
     Returns:
-        True for Functional (and Sequential) models, False for subclassed models and layers.
+        True for Functional models (and subclasses of them), False for
+        ``Sequential`` (which callers test first), subclassed models and layers.
 
     Example:
-        >>> is_functional(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]))
+        >>> inputs = keras.Input((3,))
+        >>> is_functional(keras.Model(inputs, keras.layers.Dense(2)(inputs)))
         True
     """
     check_keras_version()

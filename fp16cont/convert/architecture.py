@@ -57,7 +57,7 @@ def iter_layers(model: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
     Example:
         >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
         >>> [type(l).__name__ for l in iter_layers(m)]
-        ['Dense']
+        ['InputLayer', 'Dense']
     """
     yield from compat.flatten_layers(model, recursive=True)
 
@@ -372,7 +372,7 @@ class Float32Initializer(keras.initializers.Initializer):
 
     Example:
         >>> init = Float32Initializer("orthogonal")
-        >>> init((2, 2), "bfloat16").dtype
+        >>> keras.backend.standardize_dtype(init((2, 2), "bfloat16").dtype)
         'bfloat16'
     """
 

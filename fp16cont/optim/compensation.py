@@ -541,7 +541,7 @@ def stochastic_round(x: Any, dtype: str, key: Any) -> Any:
         >>> import numpy as np
         >>> x = np.full(10000, 1.0 + 2.0**-9, np.float32)  # a quarter of the way to the next bfloat16
         >>> r = keras.ops.convert_to_numpy(keras.ops.cast(stochastic_round(x, "bfloat16", rounding_key(0, 0)), "float32"))
-        >>> sorted(set(r.tolist())), abs(r.mean() - x[0]) < 2e-4
+        >>> sorted(set(r.tolist())), bool(abs(r.mean() - x[0]) < 2e-4)
         ([1.0, 1.0078125], True)
     """
     name = str(getattr(dtype, "name", dtype))
