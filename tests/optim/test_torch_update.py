@@ -75,12 +75,34 @@ _CHILD = textwrap.dedent(
 )
 
 
-def test_torch_compensated_update_tracks_float32() -> None:
+def start_children(tmp_path_factory):
+    """The torch child, started at once; its output goes to files (no pipe to fill while nobody reads).
+
+    tests/conftest.py calls this when the session starts, so that it runs beside the tests in the main process.
+    """
+    folder = tmp_path_factory.mktemp("torch_update")
     env = {**os.environ, "KERAS_BACKEND": "torch", "CUDA_VISIBLE_DEVICES": "",
            "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    done = subprocess.run([sys.executable, "-c", _CHILD], capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    with open(folder / "stdout", "w") as stdout, open(folder / "stderr", "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-c", _CHILD], stdout=stdout, stderr=stderr, text=True, env=env)
+    return {"torch": (process, folder)}
+
+
+@pytest.fixture(scope="module")
+def child(early_children, tmp_path_factory):
+    started = early_children.get(__name__) or start_children(tmp_path_factory)
+    process, folder = started["torch"]
+    yield process, folder
+    if process.poll() is None:  # a test that failed early leaves none running
+        process.kill()
+        process.wait()
+
+
+def test_torch_compensated_update_tracks_float32(child) -> None:
+    process, folder = child
+    process.wait(timeout=300)
+    assert process.returncode == 0, (folder / "stderr").read_text()[-3000:]
+    out = json.loads((folder / "stdout").read_text().strip().splitlines()[-1])
     assert out["bfloat16_equal"] and out["float16_equal"]
     assert out["bfloat16_nan_kept"] and out["float16_nan_kept"]
     assert out["bfloat16_whole_equal"] and out["float16_whole_equal"]
