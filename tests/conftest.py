@@ -231,15 +231,55 @@ _EARLY_MODULES = {
     "tests.training.test_checkpoint": lambda module, factory, selected: (
         module.start_children(factory) if "test_sigkill_mid_epoch_then_resume_gives_identical_weights" in selected
         else None),
+    "tests.optim.test_torch_update": lambda module, factory, selected: module.start_children(factory),
 }
+
+
+# How many pytest-xdist workers ``-n auto`` (pyproject.toml's addopts) starts for the whole suite: the README's
+# command, without paths, runs on two cores; with paths (one module, CI's JAX phase) the tests run in this
+# process. ``-n N`` or PYTEST_XDIST_AUTO_NUM_WORKERS=N chooses another count, ``-n 0`` none.
+SUITE_WORKERS = 2
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # pytest-xdist reads it
+    sources = getattr(pytest.Config, "ArgsSource", None)  # pytest >= 7.3
+    whole_suite = sources is not None and getattr(config, "args_source", None) == sources.TESTPATHS
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(SUITE_WORKERS, cores) if whole_suite and cores > 1 else 0
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist, the modules with child processes first, each module whole on one worker (``--dist
+    loadfile``, kept in this order): their children start with the run and work beside the other worker's tests."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    first = list(_EARLY_MODULES)
+    root = Path(__file__).resolve().parents[1]
+
+    def rank(item):
+        try:
+            name = ".".join(item.path.resolve().relative_to(root).with_suffix("").parts)
+        except ValueError:
+            return len(first)
+        return first.index(name) if name in first else len(first)
+
+    items.sort(key=rank)  # stable: the order within each module, and of the other modules, is kept
 
 
 @pytest.fixture(scope="session", autouse=True)
 def early_children(request, tmp_path_factory):
     """The children of the modules in ``_EARLY_MODULES`` that this session runs, started at its first test.
 
-    Returns {module name: what its ``start_children`` returned}; a module not here starts its own.
+    Returns {module name: what its ``start_children`` returned}; a module not here starts its own. Under
+    pytest-xdist none start here (each worker collects every test, so each would start them all): the worker
+    that runs such a module starts its children when the module starts.
     """
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        yield {}
+        return
     root = Path(__file__).resolve().parents[1]
     selected: dict[str, set[str]] = {}
     for item in request.session.items:
