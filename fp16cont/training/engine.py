@@ -56,7 +56,8 @@ import numpy as np
 
 from fp16cont import _keras_compat as compat
 from fp16cont.reporting.results import EngineChoice
-from fp16cont.training.replica import BATCH_STATISTICS, has_batch_normalization, replica_blocker, replica_train_step
+from fp16cont.training.batchnorm import batchnorm_layers
+from fp16cont.training.replica import BATCH_STATISTICS, replica_blocker, replica_train_step
 from fp16cont.training.data import is_array_like, is_tf_dataset
 from fp16cont.errors import DataError, InvalidArgumentError, UnsupportedBackendError
 
@@ -189,11 +190,7 @@ def choose_engine(engine: Engine, x: Any, fit_kwargs: dict[str, Any], model: ker
     choice = _choose_mode(engine, x, fit_kwargs)
     if model is None or not _replica_statistics_wanted(engine, model):
         return choice
-    why_not = replica_blocker(model, None)
-    if why_not is not None:
-        raise InvalidArgumentError(
-            f"Engine(batch_statistics='replica') cannot train this model: {why_not}. Fix: leave batch_statistics='global'."
-        )
+    _refuse_replica_statistics(model, None)
     if choice.mode in ("fit", "compiled"):
         raise InvalidArgumentError(
             f"Engine(batch_statistics='replica') needs the resident or streamed mode, and this call runs Keras' fit "
@@ -208,7 +205,16 @@ def choose_engine(engine: Engine, x: Any, fit_kwargs: dict[str, Any], model: ker
 def _replica_statistics_wanted(engine: Engine, model: keras.Model) -> bool:
     """Whether per-replica statistics were asked for and would change anything (a JAX mesh, BatchNorm)."""
     return (engine.batch_statistics == "replica" and keras.backend.backend() == "jax"
-            and keras.distribution.distribution() is not None and has_batch_normalization(model))
+            and keras.distribution.distribution() is not None and bool(batchnorm_layers(model)))
+
+
+def _refuse_replica_statistics(model: keras.Model, shardings: Any) -> None:
+    """Raise :class:`InvalidArgumentError` when the per-replica step cannot train ``model`` (see :func:`replica_blocker`)."""
+    why_not = replica_blocker(model, shardings)
+    if why_not is not None:
+        raise InvalidArgumentError(
+            f"Engine(batch_statistics='replica') cannot train this model: {why_not}. Fix: leave batch_statistics='global'."
+        )
 
 
 def _choose_mode(engine: Engine, x: Any, fit_kwargs: dict[str, Any]) -> EngineChoice:
@@ -703,13 +709,9 @@ def _train_step(model: keras.Model, engine: Engine, placement: _Placement | None
         InvalidArgumentError: When per-replica statistics were asked for a
             model the per-replica step cannot train.
     """
-    if engine.batch_statistics != "replica" or placement is None or not has_batch_normalization(model):
+    if placement is None or not _replica_statistics_wanted(engine, model):
         return None  # nothing would differ
-    why_not = replica_blocker(model, shardings)
-    if why_not is not None:
-        raise InvalidArgumentError(
-            f"Engine(batch_statistics='replica') cannot train this model: {why_not}. Fix: leave batch_statistics='global'."
-        )
+    _refuse_replica_statistics(model, shardings)
     return replica_train_step(model, placement.mesh, placement.batch_axis)
 
 

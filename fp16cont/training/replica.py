@@ -36,8 +36,8 @@ Example:
     >>> import keras
     >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     >>> model.compile("sgd", "mse")
-    >>> has_batch_normalization(model)
-    False
+    >>> replica_blocker(model, shardings=None) is None
+    True
 """
 
 from __future__ import annotations
@@ -49,20 +49,10 @@ import keras
 
 from fp16cont import _keras_compat as compat
 
-__all__ = ["BATCH_STATISTICS", "has_batch_normalization", "replica_blocker", "replica_train_step"]
+__all__ = ["BATCH_STATISTICS", "replica_blocker", "replica_train_step"]
 
 BATCH_STATISTICS: tuple[str, ...] = ("global", "replica")
 _MEAN_REDUCTIONS = frozenset({"sum_over_batch_size", "mean"})
-
-
-def has_batch_normalization(model: keras.Model) -> bool:
-    """Whether any layer of ``model`` (nested ones included) is a ``BatchNormalization``.
-
-    Example:
-        >>> has_batch_normalization(keras.Sequential([keras.layers.BatchNormalization()]))
-        True
-    """
-    return any(isinstance(layer, keras.layers.BatchNormalization) for layer in compat.flatten_layers(model))
 
 
 def replica_blocker(model: keras.Model, shardings: Any) -> str | None:

@@ -14,7 +14,8 @@ import pytest
 import fp16cont
 from fp16cont.errors import InvalidArgumentError
 from fp16cont.training.engine import Engine
-from fp16cont.training.replica import has_batch_normalization, replica_blocker
+from fp16cont.training.batchnorm import batchnorm_layers
+from fp16cont.training.replica import replica_blocker
 
 JAX = keras.backend.backend() == "jax"
 
@@ -40,8 +41,8 @@ def test_batch_statistics_argument_is_checked():
 def test_batch_normalization_is_found_in_nested_models():
     inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4), keras.layers.BatchNormalization()])
     outer = keras.Sequential([keras.Input((4,)), inner, keras.layers.Dense(2)])
-    assert has_batch_normalization(outer)
-    assert not has_batch_normalization(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))
+    assert batchnorm_layers(outer)
+    assert not batchnorm_layers(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))
 
 
 def test_what_the_per_replica_step_cannot_train_is_named():
