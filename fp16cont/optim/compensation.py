@@ -194,7 +194,8 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
             self.built = True
         # One gradient dtype: the updates run in float32 anyway, and a
         # distributed all-reduce cannot pack float32 and 16-bit tensors together.
-        grads = [g if g is None else _dense_float32(g) for g in grads]
+        variables = list(trainable_variables or compat.optimizer_trainable_variables(self))
+        grads = [g if g is None else _dense_float32(g, v.shape) for g, v in zip(grads, variables)]
         fused = self._fused_apply(trainable_variables)
         if fused is not None:
             fused(grads)
@@ -346,7 +347,7 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
             proxy = wrapper._proxy(variable)
             wrapper._proxies.entries[id(proxy)] = (variable, proxy)
             try:
-                return cls.update_step(inner, _dense_float32(gradient), proxy, ops.cast(learning_rate, "float32"))
+                return cls.update_step(inner, _dense_float32(gradient, variable.shape), proxy, ops.cast(learning_rate, "float32"))
             finally:
                 wrapper._proxies.entries.pop(id(proxy), None)
 
@@ -423,14 +424,23 @@ def _count(mask: Any) -> Any:
     return ops.sum(ops.cast(mask, "float32"))
 
 
-def _dense(gradient: Any) -> Any:
+def _dense(gradient: Any, shape: Any = None) -> Any:
+    """A dense tensor of ``gradient``; an ``IndexedSlices`` is summed into ``shape`` (its variable's).
+
+    TensorFlow's own conversion takes the row count from the slices' run-time
+    ``dense_shape``; inside the XLA-fused update that made the shape, and so
+    the slices, compile-time constants, and XLA compiled the update anew at
+    every step of a model with an ``Embedding`` layer.
+    """
+    if shape is not None and type(gradient).__name__ == "IndexedSlices" and shape[0] is not None:
+        return ops.segment_sum(gradient.values, gradient.indices, num_segments=int(shape[0]))
     return ops.convert_to_tensor(gradient)
 
 
-def _dense_float32(gradient: Any) -> Any:
+def _dense_float32(gradient: Any, shape: Any = None) -> Any:
     if ops.is_tensor(gradient) and keras.backend.standardize_dtype(gradient.dtype) == "float32" and not _is_sparse(gradient):
         return gradient  # already dense float32 (the loss scale's unscaled gradients): no per-variable cast
-    return ops.cast(_dense(gradient), "float32")
+    return ops.cast(_dense(gradient, shape), "float32")
 
 
 def _is_sparse(gradient: Any) -> bool:

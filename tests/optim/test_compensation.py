@@ -254,3 +254,33 @@ def test_stochastic_rounding_has_no_hidden_state_so_a_restored_run_rounds_the_sa
     assert np.array_equal(a, c)
     one_step = np.asarray(keras.ops.convert_to_numpy(keras.ops.cast(var_b.value, "float32")))
     assert not np.array_equal(a, one_step)
+
+
+_EMBEDDING_CHILD = """
+import numpy as np, keras, fp16cont
+rng = np.random.default_rng(0)
+x = rng.integers(0, 50, (200, 12)).astype("int32")
+y = rng.integers(0, 2, (200, 1)).astype("float32")
+inp = keras.Input((12,), dtype="int32")
+h = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(50, 8)(inp))
+model = keras.Model(inp, keras.layers.Dense(1, activation="sigmoid")(h))
+model.compile(keras.optimizers.RMSprop(1e-3), "binary_crossentropy")
+model16 = fp16cont.build_fp16_model(model, precision="bfloat16", verify=False)
+fp16cont.continue_training(model16, x, y, epochs=3, batch_size=32, verbose=0)
+"""
+
+
+@pytest.mark.subprocess
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the XLA-fused update is TensorFlow's")
+def test_embedding_gradients_do_not_recompile_the_fused_update_every_step():
+    """An ``Embedding``'s ``IndexedSlices`` gradient once made XLA compile the update at each of the 21 steps."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_VMODULE": "device_compiler=1", "TF_CPP_MIN_LOG_LEVEL": "0"}
+    done = subprocess.run([sys.executable, "-c", _EMBEDDING_CHILD], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    compiles = done.stderr.count("Compilation of XLA executable")
+    # 21 steps of 7 per epoch: one compile for the full batches and one for the last, smaller batch
+    assert 1 <= compiles <= 3, compiles
