@@ -8,7 +8,9 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -19,6 +21,7 @@ __all__ = [
     "is_array_like",
     "is_tf_dataset",
     "check_fit_args",
+    "check_fit_kwargs",
     "check_fits_model",
     "check_finite",
     "sample_count",
@@ -105,6 +108,123 @@ def check_fit_args(x: Any, y: Any, batch_size: Any, epochs: Any) -> None:
         raise DataError(
             f"`x` has {n} samples but `y` has {len(_first_array(y))}. Fix: pass inputs and targets "
             "of the same length."
+        )
+
+
+_OWN_ARGUMENTS = frozenset({"x", "y", "epochs", "batch_size", "validation_data", "callbacks", "verbose"})
+
+
+def check_fit_kwargs(model: Any, x: Any, fit_kwargs: Mapping[str, Any]) -> None:
+    """Raise a typed error for ``fit`` arguments passed through that ``fit`` would reject.
+
+    Checked before anything changes (the model is not yet recompiled), with
+    the same rules on every backend: the names are ``model.fit``'s;
+    ``steps_per_epoch``, ``validation_steps`` and ``validation_batch_size``
+    are positive integers or ``None``; ``validation_freq`` a positive integer;
+    ``initial_epoch`` a non-negative integer; ``validation_split`` a number in
+    [0, 1) that leaves samples on both sides, with array data;
+    ``sample_weight`` one weight per sample of array data; ``class_weight``
+    a dict from class index to weight.
+
+    Args:
+        model: The model to train (its ``fit`` signature names the arguments).
+        x: Training inputs (arrays or a dataset).
+        fit_kwargs: The other ``fit`` arguments.
+
+    Raises:
+        InvalidArgumentError: For an unknown name or a value of the wrong kind.
+        DataError: For ``validation_split`` or ``sample_weight`` that do not
+            fit the data.
+
+    Example:
+        >>> import keras
+        >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+        >>> check_fit_kwargs(m, np.zeros((10, 3)), {"validation_split": 0.2, "shuffle": False})
+    """
+    known = set(inspect.signature(model.fit).parameters) - _OWN_ARGUMENTS
+    for name in fit_kwargs:
+        if name not in known:
+            raise InvalidArgumentError(
+                f"continue_training() got an unexpected keyword argument {name!r}: it passes on the arguments of "
+                f"model.fit, which are {sorted(known)}. Fix: check the spelling, or leave the argument out."
+            )
+    for name, low in (("steps_per_epoch", 1), ("validation_steps", 1), ("validation_batch_size", 1), ("initial_epoch", 0)):
+        value = fit_kwargs.get(name)
+        if value is not None and not _int_at_least(value, low):
+            kind = "a positive integer or None" if low else "a non-negative integer"
+            raise InvalidArgumentError(
+                f"Argument `{name}` should be {kind}. Received: {name}={value!r}. Fix: pass e.g. {name}={max(low, 10) if low else 0}."
+            )
+    if "validation_freq" in fit_kwargs and not _int_at_least(fit_kwargs["validation_freq"], 1):
+        raise InvalidArgumentError(
+            f"Argument `validation_freq` should be a positive integer. Received: "
+            f"validation_freq={fit_kwargs['validation_freq']!r}. Fix: pass e.g. validation_freq=2 (every second epoch)."
+        )
+    _check_validation_split(x, fit_kwargs.get("validation_split"))
+    _check_sample_weight(x, fit_kwargs.get("sample_weight"))
+    _check_class_weight(fit_kwargs.get("class_weight"))
+
+
+def _int_at_least(value: Any, low: int) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= low
+
+
+def _check_validation_split(x: Any, split: Any) -> None:
+    if split is None or (isinstance(split, (int, float, np.number)) and not isinstance(split, bool) and split == 0):
+        return
+    if isinstance(split, bool) or not isinstance(split, (int, float, np.number)) or not 0 < float(split) < 1:
+        raise InvalidArgumentError(
+            f"Argument `validation_split` should be a number in [0, 1): the share of the samples held out. "
+            f"Received: validation_split={split!r}. Fix: pass e.g. validation_split=0.1."
+        )
+    if not is_array_like(x):
+        raise DataError(
+            f"validation_split={split} needs array data; it cannot split a {type(x).__name__}. "
+            "Fix: pass validation_data=(x_val, y_val) or a validation dataset instead."
+        )
+    n = len(_first_array(x))
+    cut = int(math.floor(n * (1.0 - float(split))))
+    if cut in (0, n):
+        raise DataError(
+            f"validation_split={split} of {n} samples leaves one side empty. Fix: pass more data or another split."
+        )
+
+
+def _check_sample_weight(x: Any, sample_weight: Any) -> None:
+    if sample_weight is None:
+        return
+    if not is_array_like(x):
+        raise DataError(
+            f"Argument `sample_weight` applies to array data only; x is a {type(x).__name__}. Fix: yield "
+            "(x, y, sample_weight) from the dataset instead."
+        )
+    n = len(_first_array(x))
+    if isinstance(sample_weight, Mapping):
+        parts = list(sample_weight.values())  # one array per output
+    elif isinstance(sample_weight, (list, tuple)) and sample_weight and all(hasattr(p, "shape") for p in sample_weight):
+        parts = list(sample_weight)
+    else:
+        parts = [sample_weight]
+    for part in parts:
+        rows = len(part) if hasattr(part, "__len__") else None
+        if rows != n:
+            raise DataError(
+                f"Argument `sample_weight` should hold one weight per sample: {n}. Received: "
+                f"{'a ' + type(part).__name__ if rows is None else f'{rows} weights'}. Fix: pass an array of length {n}."
+            )
+
+
+def _check_class_weight(class_weight: Any) -> None:
+    if class_weight is None:
+        return
+    ok = isinstance(class_weight, Mapping) and all(
+        _int_at_least(k, 0) and isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+        for k, v in class_weight.items()
+    )
+    if not ok:
+        raise InvalidArgumentError(
+            "Argument `class_weight` should be a dict from class index to weight. Received: "
+            f"{_short(class_weight)} of type {type(class_weight).__name__}. Fix: pass e.g. class_weight={{0: 1.0, 1: 3.0}}."
         )
 
 
@@ -236,6 +356,7 @@ def check_fits_model(
             f"dataset. Received: {_short(validation_data)} of type {type(validation_data).__name__}. Fix: pass "
             "validation_data=(x_val, y_val)."
         )
+    _check_validation_lengths(validation_data)
     _check_inputs(model, validation_data[0], "validation x")
     if is_array_like(validation_data[1]) and not isinstance(validation_data[1], (dict, list, tuple)):
         _check_numeric_labels(validation_data[1], "validation y")
@@ -243,6 +364,21 @@ def check_fits_model(
         _check_finite_data(validation_data[0], "validation x")
         _check_finite_data(validation_data[1], "validation y")
     _check_labels(model, validation_data[1], loss, "validation y")
+
+
+def _check_validation_lengths(validation_data: tuple[Any, ...] | list[Any]) -> None:
+    """``(x_val, y_val[, sample_weight])`` of arrays: one row each per sample."""
+    parts = [p for p in validation_data if p is not None]
+    if not all(is_array_like(p) for p in parts):
+        return
+    rows = [len(_first_array(p)) for p in parts]
+    if len(set(rows)) > 1:
+        names = ("x_val", "y_val", "sample_weight")[: len(rows)]
+        raise DataError(
+            "The parts of `validation_data` should have one row per sample each. Received: "
+            + ", ".join(f"{name} with {r}" for name, r in zip(names, rows))
+            + ". Fix: pass arrays of the same length."
+        )
 
 
 def check_finite(x: Any, what: str = "x") -> None:

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -30,7 +31,7 @@ from fp16cont.training.guard import NonFiniteGuard
 from fp16cont.optim.loss_scale import DynamicLossScale, LossScaleMonitor, find_loss_scale
 from fp16cont.reporting.stagnation import StagnationMonitor
 from fp16cont.training.data import (
-    batch_rows, check_fit_args, check_fits_model, is_array_like, is_tf_dataset, sample_count, samples_per_epoch,
+    batch_rows, check_fit_args, check_fit_kwargs, check_fits_model, is_array_like, is_tf_dataset, sample_count, samples_per_epoch,
 )
 from fp16cont.training.engine import Engine, Resident, as_engine, choose_engine, fit_with_engine, tuned_convolutions
 from fp16cont.training.tf_engine import fit_compiled, progress_callbacks
@@ -190,6 +191,7 @@ def continue_training(
     recalibration_steps = _recalibration_steps(recalibrate_batchnorm)
     view_x, view_y = (d.arrays if isinstance(d, Resident) else d for d in (x, y))  # what the checks can read
     check_fit_args(view_x, view_y, batch_size, epochs)
+    check_fit_kwargs(model, view_x, fit_kwargs)
     options = as_engine(engine)
     lora = prepare_lora(model, lora_precision)  # the adapters' dtype, before the optimizer sees them
     precision = float_precision(model)
@@ -246,7 +248,8 @@ def continue_training(
         )
     wall = time.perf_counter() - start
     batchnorm = (
-        _recalibrate(model, view_x, batch_size, recalibration_steps, seed) if recalibration_steps else None
+        _recalibrate(model, view_x, batch_size, recalibration_steps, seed, fit_kwargs.get("validation_split"))
+        if recalibration_steps else None
     )
     per_epoch = samples_per_epoch(view_x, batch_size, fit_kwargs)
     rows = batch_rows(view_x, batch_size)
@@ -294,14 +297,19 @@ def _recalibration_steps(value: Any) -> int:
     )
 
 
-def _recalibrate(model: keras.Model, x: Any, batch_size: int, steps: int, seed: int) -> Any:
-    """Recalibrate BatchNorm statistics on ``steps`` random batches of ``x`` (arrays) or the first ``steps`` (datasets)."""
+def _recalibrate(model: keras.Model, x: Any, batch_size: int, steps: int, seed: int, validation_split: Any = None) -> Any:
+    """Recalibrate BatchNorm statistics on ``steps`` random batches of ``x`` (arrays) or the first ``steps`` (datasets).
+
+    With ``validation_split``, only the training rows (Keras holds out the last share) are drawn from.
+    """
     from fp16cont.training.batchnorm import batchnorm_layers, recalibrate_batchnorm
 
     if not batchnorm_layers(model):
         return None
     if is_array_like(x):
         rows = sample_count(x)
+        if validation_split:
+            rows = int(math.floor(rows * (1.0 - float(validation_split))))
         take = min(rows, steps * batch_size)
         index = np.sort(np.random.default_rng([seed, 0xB4]).choice(rows, take, replace=False))
         subset = keras.tree.map_structure(lambda a: np.asarray(a)[index], x)

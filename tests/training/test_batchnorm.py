@@ -214,3 +214,14 @@ def test_continue_training_warns_that_a_generator_cannot_be_read_again():
     with pytest.warns(UserWarning, match="cannot be read a second time"):
         result = fp16cont.continue_training(model, batches, verbose=0, recalibrate_batchnorm=True)
     assert result.batchnorm is None
+
+
+def test_continue_training_recalibrates_on_the_training_rows_only_with_validation_split():
+    model = keras.Sequential([keras.Input((5,)), keras.layers.BatchNormalization()])
+    x = _data(80)
+    x[64:] += 1000.0  # the held-out last 20%: far from the training rows
+    model.compile(keras.optimizers.SGD(0.0), "mse")  # no weight moves: only the statistics change
+    result = fp16cont.continue_training(model, x, np.zeros((80, 5), "float32"), batch_size=16, verbose=0,
+                                        validation_split=0.2, recalibrate_batchnorm=4)
+    assert result.batchnorm.samples == 64  # all 64 training rows, none of the 16 held out
+    np.testing.assert_allclose(model.layers[0].moving_mean.numpy(), x[:64].mean(0), rtol=1e-5, atol=1e-4)

@@ -126,6 +126,14 @@ def test_uncompiled_model_without_loss_is_a_typed_error(digits):
         ({"batch_size": -1}, InvalidArgumentError, "batch_size"),
         ({"optimizer": "no_such_optimizer"}, InvalidArgumentError, "optimizer"),
         ({"loss_scaling": "yes"}, InvalidArgumentError, "loss_scaling"),
+        # fit arguments passed through: the same typed error on every backend, before the model is recompiled
+        ({"steps_per_epoch": -2}, InvalidArgumentError, "steps_per_epoch"),
+        ({"validation_split": 1.5}, InvalidArgumentError, "validation_split"),
+        ({"validation_freq": 0}, InvalidArgumentError, "validation_freq"),
+        ({"class_weight": [1, 2, 3]}, InvalidArgumentError, "class_weight"),
+        ({"no_such_argument": 1}, InvalidArgumentError, "no_such_argument"),
+        ({"sample_weight": np.ones(10)}, DataError, "one weight per sample"),
+        ({"validation_data": (np.zeros((10, 8, 8, 1), "float32"), np.zeros(5, "int64"))}, DataError, "x_val with 10, y_val with 5"),
     ],
 )
 def test_bad_arguments_are_typed_errors(source, digits, kwargs, error, match):
