@@ -415,6 +415,52 @@ def _settle_policies(clone: keras.Model) -> None:
                 compat.set_layer_policy(layer, effective_policy(layer))  # a shared map stays intact
 
 
+def policies_lost_on_reload(model: keras.Model) -> list[str]:
+    """The layers whose dtype policy a config round trip (``keras.models.load_model``) would not restore.
+
+    Sequential and Functional models (KerasHub tasks included) keep every
+    layer's policy in their config. A subclassed model is rebuilt by its own
+    constructor, which creates its layers with the policy in force at load
+    time (float32) unless it passes one on. The model is constructed once more
+    from its config, without building it, and the policies compared.
+
+    Args:
+        model: A model from :func:`clone_with_policies`.
+
+    Returns:
+        The paths (or names) of the layers that would come back with another
+        variable dtype; empty when the policies survive or the model cannot
+        be constructed from its config (then it cannot be saved either).
+
+    Example:
+        >>> m = clone_with_policies(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]), lambda l: "bfloat16")
+        >>> policies_lost_on_reload(m)
+        []
+    """
+    if isinstance(model, keras.Sequential) or _is_functional(model):
+        return []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            probe = keras.saving.deserialize_keras_object(copy.deepcopy(keras.saving.serialize_keras_object(model)))
+    except Exception:  # noqa: BLE001 - any failure of a user get_config/from_config: not savable as a config
+        return []
+    mine = [layer for layer in iter_layers(model) if not isinstance(layer, keras.layers.InputLayer)]
+    theirs = [layer for layer in iter_layers(probe) if not isinstance(layer, keras.layers.InputLayer)]
+    if len(mine) != len(theirs):
+        return [layer.path or layer.name for layer in mine if is_low_policy(effective_policy(layer))]
+    return [
+        a.path or a.name
+        for a, b in zip(mine, theirs)
+        if effective_policy(a).variable_dtype != effective_policy(b).variable_dtype
+    ]
+
+
+def is_low_policy(policy: keras.DTypePolicy) -> bool:
+    """Whether a policy keeps its variables in float16 or bfloat16."""
+    return policy.variable_dtype in ("float16", "bfloat16")
+
+
 def _is_graph_model(layer: keras.layers.Layer) -> bool:
     """A plain Sequential/Functional model, whose config lists each layer's own dtype."""
     return isinstance(layer, keras.Sequential) or (

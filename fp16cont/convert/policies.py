@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import warnings
 from dataclasses import dataclass, field
 from collections.abc import Collection, Sequence
 from typing import Literal, Union
 
 import keras
 
+from fp16cont import _keras_compat as compat
 from fp16cont.convert.architecture import child_layers, iter_layers, output_layers
 from fp16cont.errors import InvalidArgumentError
 from fp16cont.numerics import LowPrecision
@@ -165,6 +167,8 @@ def policy_plan(
     classes = tuple(e for e in entries if isinstance(e, type))
     patterns = tuple(e for e in entries if isinstance(e, str) and e not in _TOKENS)
     outputs = [o for o in output_layers(model) if not is_output_embedding(o)] if "output" in entries else []
+    if "output" in entries:
+        _warn_if_output_unknown(model, precision)
     norm = "normalization" in entries
     forced = _layers_owning(model, set(float32_variables))
     plan = PolicyPlan(main)
@@ -180,6 +184,20 @@ def policy_plan(
                     plan.reasons.setdefault(id(sub), f"inside {layer.path or layer.name} ({reason})")
                     plan.policies.setdefault(id(sub), "float32")
     return plan
+
+
+def _warn_if_output_unknown(model: keras.Model, precision: str) -> None:
+    """A subclassed model does not say which layer makes its output: the ``"output"`` island cannot be placed."""
+    if isinstance(model, keras.Sequential) or compat.is_functional(model) or not model.layers:
+        return
+    last = model.layers[-1].name
+    warnings.warn(
+        f"keep_float32 names the 'output' island, but {model.name!r} is a subclassed model, which does not say "
+        f"which layer produces its output: every layer trains in {precision}, the output layer included. Fix: name "
+        f"it, e.g. keep_float32=('normalization', {last!r}) if {last!r} is the output layer.",
+        UserWarning,
+        stacklevel=4,
+    )
 
 
 def is_output_embedding(layer: keras.layers.Layer) -> bool:

@@ -25,6 +25,7 @@ from fp16cont.convert.architecture import (
     effective_policy,
     iter_layers,
     output_layers,
+    policies_lost_on_reload,
 )
 from fp16cont.errors import (
     InvalidArgumentError,
@@ -173,6 +174,7 @@ def build_fp16_model(
         verification=compare_models(source, rebuilt) if verify else None,
     )
     _warn_if_mostly_float32(report, source)
+    _warn_if_reload_loses_policies(rebuilt, choice.precision)
     return (rebuilt, report) if return_report else rebuilt
 
 
@@ -369,6 +371,20 @@ def _warn_if_mostly_float32(report: BuildReport, source: keras.Model) -> None:
             "islands with keep_float32=(...), e.g. keep_float32=('normalization',) to let the "
             "output layer train in 16-bit; for weights kept float32 because they overflow "
             "float16, use precision='bfloat16'.",
+            stacklevel=3,
+        )
+
+
+def _warn_if_reload_loses_policies(rebuilt: keras.Model, precision: str) -> None:
+    lost = policies_lost_on_reload(rebuilt)
+    if lost:
+        shown = ", ".join(repr(p) for p in lost[:3]) + (f" and {len(lost) - 3} more" if len(lost) > 3 else "")
+        warnings.warn(
+            f"{rebuilt.name!r} is a subclassed model whose constructor does not pass the layer dtypes on: saved and "
+            f"loaded again with keras.models.load_model, {len(lost)} of its layers ({shown}) come back in float32, "
+            f"not {precision}. Fix: after loading, call fp16cont.build_fp16_model(loaded_model, precision={precision!r}) "
+            "again, or save and resume with continue_training(..., checkpoint_dir=...), which loads into this model.",
+            UserWarning,
             stacklevel=3,
         )
 

@@ -1,3 +1,5 @@
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from fp16cont.errors import (
 from fp16cont._keras_compat import flatten_layers
 from fp16cont.numerics import is_low_float
 from fp16cont.convert.verify import probe_batch
-from tests.conftest import MODEL_BUILDERS, snapshot, to_input, unrebuildable_model
+from tests.conftest import MODEL_BUILDERS, snapshot, subclassed_model, to_input, unrebuildable_model
 
 
 def island_layer_names(model):
@@ -133,16 +135,37 @@ def test_model_loaded_from_keras_file_and_path_argument(tmp_path, trained_model)
     path = tmp_path / "source.keras"
     trained_model.save(path)
     loaded = keras.saving.load_model(path)
-    from_loaded = fp16cont.build_fp16_model(loaded, precision="bfloat16")
+    subclassed = trained_model.name == "sub"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from_loaded = fp16cont.build_fp16_model(loaded, precision="bfloat16")
+    lost = [w for w in caught if "come back in float32" in str(w.message)]
+    assert len(lost) == (1 if subclassed else 0)  # only a subclassed model's config loses the layer dtypes
     from_path = fp16cont.build_fp16_model(path, precision="bfloat16")
     for a, b in zip(from_loaded.weights, from_path.weights):
         assert np.array_equal(keras.ops.convert_to_numpy(a.value), keras.ops.convert_to_numpy(b.value))
-    if trained_model.name == "sub":
-        return  # a subclassed model's config does not carry its sub-layers' policies (documented)
     saved = tmp_path / "model16.keras"
     from_path.save(saved)
     again = keras.saving.load_model(saved)
+    if subclassed:  # what the warning says happens, and the way back it names
+        assert {str(v.dtype) for v in again.weights} == {"float32"}
+        rebuilt = fp16cont.build_fp16_model(again, precision="bfloat16")
+        assert [str(v.dtype) for v in rebuilt.weights] == [str(v.dtype) for v in from_path.weights]
+        return
     assert [str(v.dtype) for v in again.weights] == [str(v.dtype) for v in from_path.weights]
+
+
+def test_subclassed_model_warns_that_the_output_island_needs_a_name():
+    model = subclassed_model()
+    head = model.layers[-1].name
+    with pytest.warns(UserWarning, match="'output' island"):
+        default = fp16cont.build_fp16_model(model, precision="bfloat16", verify=False)
+    assert str(default.layers[-1].kernel.dtype) == "bfloat16"  # what the warning says
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        named = fp16cont.build_fp16_model(model, precision="bfloat16", keep_float32=("normalization", head), verify=False)
+    assert not [w for w in caught if "'output' island" in str(w.message)]
+    assert str(named.layers[-1].kernel.dtype) == "float32"
 
 
 def test_unrebuildable_subclassed_model_names_get_config():
