@@ -20,6 +20,8 @@ fp16cont-xla (the model compiled with jit_compile=True first; continue_training 
 float32-ct (the float32 model through continue_training).
 
 Run:  python benchmarks/cpu_speed.py --model resnet20 --repeats 3
+      (``--model text_lstm``: token ids through Embedding and Bidirectional(LSTM), whose gradient
+      is an ``IndexedSlices``)
 Other backends and a fixed set of cores (each child process is pinned with ``taskset``; JAX runs on its CPU
 platform, torch with no CUDA device visible):
       python benchmarks/cpu_speed.py --model mlp --backend jax --cpus 0,1
@@ -40,6 +42,19 @@ MORE_VARIANTS = ("fp16cont-by-hand-sr", "fp16cont-spe1", "fp16cont-noguard", "fp
 ROOT = Path(__file__).resolve().parents[1]
 
 
+TEXT_VOCABULARY = 2000
+
+
+def text_lstm():
+    """A text classifier: token ids -> Embedding(2000, 64) -> Bidirectional(LSTM(64)) -> 10 classes."""
+    import keras
+
+    tokens = keras.Input((40,), dtype="int32")
+    h = keras.layers.Embedding(TEXT_VOCABULARY, 64)(tokens)
+    h = keras.layers.Bidirectional(keras.layers.LSTM(64))(h)
+    return keras.Model(tokens, keras.layers.Dense(10, activation="softmax")(h), name="text_lstm")
+
+
 def child(model_name: str, variant: str, batch: int, steps: int, epochs: int) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import time
@@ -52,14 +67,18 @@ def child(model_name: str, variant: str, batch: int, steps: int, epochs: int) ->
     from fp16cont.training.engine import Engine
     from fp16cont.convert.rebuild import weight_bytes
 
-    build = {"resnet20": fp16cont.resnet20, "resnet56": fp16cont.resnet56, "mlp": lambda: fp16cont.mlp(784)}[model_name]
+    build = {"resnet20": fp16cont.resnet20, "resnet56": fp16cont.resnet56, "mlp": lambda: fp16cont.mlp(784),
+             "text_lstm": text_lstm}[model_name]
     keras.utils.set_random_seed(0)
     if variant == "keras-mixed":
         keras.config.set_dtype_policy("mixed_bfloat16")
     source = build()
     shape = tuple(source.inputs[0].shape[1:])
     rng = np.random.default_rng(0)
-    x = rng.random((batch * steps, *shape), dtype=np.float32)
+    if "int" in str(source.inputs[0].dtype):  # token ids
+        x = rng.integers(0, TEXT_VOCABULARY, (batch * steps, *shape)).astype(np.int32)
+    else:
+        x = rng.random((batch * steps, *shape), dtype=np.float32)
     y = rng.integers(0, 10, batch * steps)
     loss = "sparse_categorical_crossentropy"
     times: list[float] = []
@@ -119,7 +138,7 @@ def child(model_name: str, variant: str, batch: int, steps: int, epochs: int) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="resnet20", choices=("resnet20", "resnet56", "mlp"))
+    parser.add_argument("--model", default="resnet20", choices=("resnet20", "resnet56", "mlp", "text_lstm"))
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=128)

@@ -194,8 +194,10 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
             self.built = True
         # One gradient dtype: the updates run in float32 anyway, and a
         # distributed all-reduce cannot pack float32 and 16-bit tensors together.
+        grads = list(grads)
         variables = list(trainable_variables or compat.optimizer_trainable_variables(self))
-        grads = [g if g is None else _dense_float32(g, v.shape) for g, v in zip(grads, variables)]
+        shapes = [v.shape for v in variables] if len(variables) == len(grads) else [None] * len(grads)
+        grads = [g if g is None else _dense_float32(g, shape) for g, shape in zip(grads, shapes)]
         fused = self._fused_apply(trainable_variables)
         if fused is not None:
             fused(grads)

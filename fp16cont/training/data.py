@@ -120,7 +120,8 @@ def check_fit_kwargs(model: Any, x: Any, fit_kwargs: Mapping[str, Any]) -> None:
     Checked before anything changes (the model is not yet recompiled), with
     the same rules on every backend: the names are ``model.fit``'s;
     ``steps_per_epoch``, ``validation_steps`` and ``validation_batch_size``
-    are positive integers or ``None``; ``validation_freq`` a positive integer;
+    are positive integers or ``None`` (Keras reads ``0`` steps as ``None``);
+    ``validation_freq`` a positive integer;
     ``initial_epoch`` a non-negative integer; ``validation_split`` a number in
     [0, 1) that leaves samples on both sides, with array data;
     ``sample_weight`` one weight per sample of array data; ``class_weight``
@@ -148,12 +149,14 @@ def check_fit_kwargs(model: Any, x: Any, fit_kwargs: Mapping[str, Any]) -> None:
                 f"continue_training() got an unexpected keyword argument {name!r}: it passes on the arguments of "
                 f"model.fit, which are {sorted(known)}. Fix: check the spelling, or leave the argument out."
             )
-    for name, low in (("steps_per_epoch", 1), ("validation_steps", 1), ("validation_batch_size", 1), ("initial_epoch", 0)):
+    # Keras reads steps_per_epoch=0 and validation_steps=0 as "not set" (a whole pass)
+    for name, low in (("steps_per_epoch", 0), ("validation_steps", 0), ("validation_batch_size", 1), ("initial_epoch", 0)):
         value = fit_kwargs.get(name)
         if value is not None and not _int_at_least(value, low):
-            kind = "a positive integer or None" if low else "a non-negative integer"
+            kind = "a positive integer or None" if name != "initial_epoch" else "a non-negative integer"
             raise InvalidArgumentError(
-                f"Argument `{name}` should be {kind}. Received: {name}={value!r}. Fix: pass e.g. {name}={max(low, 10) if low else 0}."
+                f"Argument `{name}` should be {kind}. Received: {name}={value!r}. "
+                f"Fix: pass e.g. {name}={0 if name == 'initial_epoch' else 10}."
             )
     if "validation_freq" in fit_kwargs and not _int_at_least(fit_kwargs["validation_freq"], 1):
         raise InvalidArgumentError(

@@ -192,6 +192,9 @@ def continue_training(
     view_x, view_y = (d.arrays if isinstance(d, Resident) else d for d in (x, y))  # what the checks can read
     check_fit_args(view_x, view_y, batch_size, epochs)
     check_fit_kwargs(model, view_x, fit_kwargs)
+    for name in ("steps_per_epoch", "validation_steps"):
+        if fit_kwargs.get(name) == 0:
+            fit_kwargs[name] = None  # as Keras reads it (a whole pass), in every engine mode
     options = as_engine(engine)
     lora = prepare_lora(model, lora_precision)  # the adapters' dtype, before the optimizer sees them
     precision = float_precision(model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import keras
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 import fp16cont
+from fp16cont.optim.carry import innermost_optimizer
 from fp16cont.training.engine import Engine, choose_engine
 from fp16cont.errors import InvalidArgumentError, TrainingDivergedError
 
@@ -210,14 +212,17 @@ class _FailAtStart(keras.callbacks.Callback):
 
 
 @jax_only
-def test_streamed_setup_failure_and_empty_epochs_leave_no_thread_and_do_not_hang(digits):
+def test_streamed_setup_failure_leaves_no_thread_and_zero_steps_train_whole_epochs(digits):
     (x, y), _ = digits
     engine = Engine("streamed", steps_per_execution=2)
     with pytest.raises(RuntimeError, match="callback failed"):
         fp16cont.continue_training(_model(), x, y, epochs=2, verbose=0, engine=engine, callbacks=[_FailAtStart()])
     assert not _prefetch_threads()
-    result = fp16cont.continue_training(_model(), x, y, epochs=2, steps_per_epoch=0, verbose=0, engine=engine)
+    model = _model()
+    result = fp16cont.continue_training(model, x, y, epochs=2, steps_per_epoch=0, verbose=0, engine=engine)
     assert result.engine == "streamed" and not _prefetch_threads()
+    # steps_per_epoch=0 is "not set", as Keras' fit reads it: two whole epochs
+    assert int(innermost_optimizer(model.optimizer).iterations.numpy()) == 2 * math.ceil(len(x) / 128)
 
 
 class _Recorder(keras.callbacks.Callback):
