@@ -55,7 +55,18 @@ def text_lstm():
     return keras.Model(tokens, keras.layers.Dense(10, activation="softmax")(h), name="text_lstm")
 
 
-def child(model_name: str, variant: str, batch: int, steps: int, epochs: int) -> dict:
+OPTIMIZERS = {"sgd": ("SGD", 0.01), "adam": ("Adam", 1e-3), "rmsprop": ("RMSprop", 1e-3)}
+
+
+def make_optimizer(name: str):
+    """A fresh Keras optimizer: SGD 0.01 (the paper's), Adam or RMSprop 1e-3."""
+    import keras
+
+    cls, rate = OPTIMIZERS[name]
+    return getattr(keras.optimizers, cls)(rate)
+
+
+def child(model_name: str, variant: str, batch: int, steps: int, epochs: int, optimizer: str = "sgd") -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import time
 
@@ -104,9 +115,10 @@ def child(model_name: str, variant: str, batch: int, steps: int, epochs: int) ->
     engine = "n/a"
     if variant in ("fp16cont", "fp16cont-plain", "fp16cont-spe1", "fp16cont-noguard", "fp16cont-xla", "float32-ct"):
         if variant == "fp16cont-xla":
-            model.compile(keras.optimizers.SGD(0.01), loss, jit_compile=True)
+            model.compile(make_optimizer(optimizer), loss, jit_compile=True)
         result = fp16cont.continue_training(
             model, x, y, epochs=epochs, batch_size=batch, loss=None if variant == "fp16cont-xla" else loss, verbose=0,
+            optimizer=None if variant == "fp16cont-xla" else make_optimizer(optimizer),
             nan_guard=variant != "fp16cont-noguard", compensation=None if variant == "fp16cont-plain" else "auto",
             callbacks=[Timer()], engine=Engine(steps_per_execution=1) if variant == "fp16cont-spe1" else "auto",
         )
@@ -115,11 +127,11 @@ def child(model_name: str, variant: str, batch: int, steps: int, epochs: int) ->
     elif variant == "fp16cont-by-hand-sr":
         from fp16cont.optim.compensation import CompensatedOptimizer
 
-        model.compile(CompensatedOptimizer(keras.optimizers.SGD(0.01), "stochastic"), loss)
+        model.compile(CompensatedOptimizer(make_optimizer(optimizer), "stochastic"), loss)
         model.fit(x, y, epochs=epochs, batch_size=batch, verbose=0, callbacks=[Timer()])
         optimizer_bytes = weight_bytes(model.optimizer.variables)
     else:
-        model.compile(keras.optimizers.SGD(0.01), loss)
+        model.compile(make_optimizer(optimizer), loss)
         model.fit(x, y, epochs=epochs, batch_size=batch, verbose=0, callbacks=[Timer()])
         optimizer_bytes = weight_bytes(model.optimizer.variables)
     peak = peak_memory_growth(baseline)
@@ -141,6 +153,8 @@ def main() -> None:
     parser.add_argument("--model", default="resnet20", choices=("resnet20", "resnet56", "mlp", "text_lstm"))
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--optimizer", default="sgd", choices=sorted(OPTIMIZERS),
+                        help="sgd: SGD 0.01 (default); adam, rmsprop: learning rate 1e-3")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=30, help="batches per epoch")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per process (the first is excluded)")
@@ -151,7 +165,7 @@ def main() -> None:
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[0], args.child[1], args.batch, args.steps, args.epochs)))
+        print(json.dumps(child(args.child[0], args.child[1], args.batch, args.steps, args.epochs, args.optimizer)))
         return
     os.environ["KERAS_BACKEND"] = args.backend  # the table below imports fp16cont (and so Keras) here too
     variants = args.variants.split(",")
@@ -159,7 +173,7 @@ def main() -> None:
     for repeat in range(args.repeats):
         for variant in variants:  # alternate the variants within each repeat
             cmd = [sys.executable, __file__, "--child", args.model, variant, "--batch", str(args.batch),
-                   "--steps", str(args.steps), "--epochs", str(args.epochs)]
+                   "--steps", str(args.steps), "--epochs", str(args.epochs), "--optimizer", args.optimizer]
             if args.cpus:
                 cmd = ["taskset", "-c", args.cpus, *cmd]
             env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
