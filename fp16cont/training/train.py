@@ -171,9 +171,14 @@ def continue_training(
         InvalidSourceError: If ``model`` is not a Keras model.
         ModelNotBuiltError: If the model was never built.
         InvalidArgumentError: For bad ``epochs``, ``batch_size``, ``optimizer``,
-            ``compensation``, ``loss_scaling``, ``engine`` or optimizer-state arguments.
+            ``compensation``, ``loss_scaling``, ``engine`` or optimizer-state
+            arguments, and for ``fit`` arguments passed through that ``fit``
+            does not take or would reject (unknown names, negative step counts,
+            ``validation_split`` outside [0, 1), a ``class_weight`` that is
+            not a dict).
         MissingLossError: If the model is uncompiled and ``loss`` is ``None``.
-        DataError: For empty or mismatched arrays.
+        DataError: For empty or mismatched arrays (``sample_weight`` and
+            ``validation_data`` included).
         LossScaleFloorError: If float16 loss scaling cannot find a working scale.
         TrainingDivergedError: If NaN/Inf persists after ``nan_guard`` rollbacks.
 
