@@ -407,15 +407,22 @@ def weight_bytes(variables: Sequence[Any]) -> int:
 
 
 def float_precision(model: keras.Model) -> str:
-    """The precision most of a model's trainable parameters train in.
+    """The 16-bit format a model's trainable parameters train in, ``"float32"`` if none.
+
+    Any 16-bit trainable variable makes a model "pure" 16-bit, however many
+    parameters its float32 islands hold: those variables need the 16-bit
+    training machinery (compensated updates, loss scaling for float16). A
+    classifier whose float32 output layer is most of its parameters is still
+    a float16 model.
 
     Args:
         model: A built model.
 
     Returns:
-        ``"float16"`` or ``"bfloat16"`` for pure 16-bit variables,
-        ``"mixed_float16"`` / ``"mixed_bfloat16"`` for float32 variables used in
-        16-bit compute, otherwise ``"float32"``.
+        ``"float16"`` or ``"bfloat16"`` when trainable variables are stored in
+        16-bit (the format of most of them if both occur);
+        ``"mixed_float16"`` / ``"mixed_bfloat16"`` when none are, but float32
+        variables are used in 16-bit compute; otherwise ``"float32"``.
 
     Example:
         >>> float_precision(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
@@ -428,8 +435,11 @@ def float_precision(model: keras.Model) -> str:
         compute = str(effective_policy(layer).compute_dtype) if layer is not None else str(v.dtype)
         name = str(v.dtype) if is_low_float(v.dtype) or not is_low_float(compute) else f"mixed_{compute}"
         counts[name] = counts.get(name, 0) + int(np.prod(v.shape))
-    floats = {k: c for k, c in counts.items() if "float" in k}
-    return max(floats, key=lambda k: floats[k]) if floats else "float32"
+    for kind in (("float16", "bfloat16"), ("mixed_float16", "mixed_bfloat16")):
+        found = {k: counts[k] for k in kind if counts.get(k)}
+        if found:
+            return max(found, key=lambda k: found[k])
+    return "float32"
 
 
 def _kept_float32_paths(source: keras.Model, weights: QuantizedWeights | None) -> tuple[str, ...]:

@@ -478,6 +478,10 @@ class TrainingResult:
         batchnorm: What ``recalibrate_batchnorm=`` did after training
             (``None`` when it was not asked for or the model has no
             BatchNormalization layer).
+        sixteen_bit_share: The share of trainable values stored in 16-bit
+            (``None`` when not recorded).
+        epoch_logs: The names each epoch logged (``val_*`` only in the
+            epochs that validated), aligning History's columns in ``summary``.
     """
 
     model: keras.Model = field(repr=False)
@@ -501,6 +505,8 @@ class TrainingResult:
     engine_reason: str = ""
     lora: str | None = None
     batchnorm: BatchNormRecalibration | None = None
+    sixteen_bit_share: float | None = None
+    epoch_logs: tuple[tuple[str, ...], ...] = ()
 
     @property
     def bytes_per_parameter(self) -> float:
@@ -513,10 +519,12 @@ class TrainingResult:
         Example:
             >>> print(result.summary())  # doctest: +SKIP
         """
-        metrics = {k: v for k, v in self.history.history.items()}
+        metrics = {k: list(v) for k, v in self.history.history.items()}
         names = sorted(metrics)
+        epochs = len(self.epoch_seconds)
+        columns = {n: _per_epoch(metrics[n], n, self.epoch_logs, epochs) for n in names}
         rows = [
-            [i + 1, f"{s:.2f}", f"{r:,.0f}"] + [f"{metrics[n][i]:.4f}" for n in names]
+            [self.initial_epoch + i + 1, f"{s:.2f}", f"{r:,.0f}"] + [columns[n][i] for n in names]
             for i, (s, r) in enumerate(zip(self.epoch_seconds, self.samples_per_second))
         ]
         table = render_table(["epoch", "seconds", "samples/s", *names], rows)
@@ -525,7 +533,7 @@ class TrainingResult:
         scale += f", {self.rollbacks} rollback(s)" if self.rollbacks else ""
         scale += f", {self.bytes_per_parameter:.1f} B/param"
         return (
-            f"{table}\ntrained in {_trains_in(self.precision)}\n"
+            f"{table}\ntrained in {_trains_in(self.precision, self.sixteen_bit_share)}\n"
             f"bytes of variables: weights {format_bytes(self.weight_bytes)}, optimizer state "
             f"{format_bytes(self.optimizer_bytes)}; {self.wall_seconds:.1f} s{scale}"
         ) + (f"\n{self.lora}" if self.lora else "") + (f"\n{self.batchnorm.summary()}" if self.batchnorm else "")
@@ -571,12 +579,26 @@ class BatchNormRecalibration:
         )
 
 
-def _trains_in(precision: str) -> str:
+def _per_epoch(values: list[float], name: str, epoch_logs: tuple[tuple[str, ...], ...], epochs: int) -> list[str]:
+    """One History column as text per epoch: ``"-"`` where the epoch logged no value (``validation_freq``)."""
+    if len(epoch_logs) == epochs and len(values) < epochs:
+        found = iter(values)
+        return [f"{next(found, float('nan')):.4f}" if name in logs else "-" for logs in epoch_logs]
+    return [f"{values[i]:.4f}" if i < len(values) else "-" for i in range(epochs)]
+
+
+def _trains_in(precision: str, share: float | None = None) -> str:
     """One phrase for what a model of ``precision`` (as :class:`TrainingResult` names it) trains in."""
     if precision.startswith("mixed_"):
         return f"{precision}: float32 variables and optimizer state, {precision.removeprefix('mixed_')} compute"
     if precision in ("float16", "bfloat16"):
-        return f"pure {precision}: {precision} variables, compute and optimizer state (float32 islands aside)"
+        if share is None:
+            islands = "float32 islands aside"
+        elif share >= 0.9995:
+            islands = "all trainable values"
+        else:
+            islands = f"{share:.1%} of the trainable values; the rest in float32 islands"
+        return f"pure {precision}: {precision} variables, compute and optimizer state ({islands})"
     return f"{precision}: {precision} variables and compute"
 
 

@@ -22,6 +22,8 @@ class EpochTimer(keras.callbacks.Callback):
     Attributes:
         epoch_seconds: Seconds per finished epoch (validation included).
         epoch_steps: Training batches per finished epoch.
+        epoch_logs: The names in each finished epoch's logs (``val_*`` only
+            in the epochs that validated, e.g. under ``validation_freq``).
     """
 
     async_safe = True  # only counts: Keras may run its batch hook off the training thread
@@ -30,6 +32,7 @@ class EpochTimer(keras.callbacks.Callback):
         super().__init__()
         self.epoch_seconds: list[float] = []
         self.epoch_steps: list[int] = []
+        self.epoch_logs: list[tuple[str, ...]] = []
         self._start = 0.0
         self._steps = 0
 
@@ -45,6 +48,7 @@ class EpochTimer(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self.epoch_seconds.append(time.perf_counter() - self._start)
         self.epoch_steps.append(self._steps)
+        self.epoch_logs.append(tuple(sorted(logs or {})))
 
 
 class LossScaleLogger(keras.callbacks.Callback):

@@ -29,6 +29,7 @@ from fp16cont.training.checkpoint import TrainingCheckpoint, load_checkpoint
 from fp16cont.optim.compensation import COMPENSATIONS, CompensatedOptimizer, Compensation, SlotDtype, default_compensation, find_compensated
 from fp16cont.training.guard import NonFiniteGuard
 from fp16cont.optim.loss_scale import DynamicLossScale, LossScaleMonitor, find_loss_scale
+from fp16cont.numerics import is_low_float
 from fp16cont.reporting.stagnation import StagnationMonitor
 from fp16cont.training.data import (
     batch_rows, check_fit_args, check_fit_kwargs, check_fits_model, is_array_like, is_tf_dataset, sample_count, samples_per_epoch,
@@ -287,7 +288,16 @@ def continue_training(
         engine_reason=choice.reason,
         lora=lora.describe() if lora is not None else None,
         batchnorm=batchnorm,
+        sixteen_bit_share=_sixteen_bit_share(model),
+        epoch_logs=tuple(timer.epoch_logs),
     )
+
+
+def _sixteen_bit_share(model: keras.Model) -> float | None:
+    """The share of trainable values stored in float16 or bfloat16 (``None`` without trainable weights)."""
+    sizes = [(int(np.prod(v.shape)), is_low_float(v.dtype)) for v in model.trainable_weights]
+    total = sum(n for n, _ in sizes)
+    return sum(n for n, low in sizes if low) / total if total else None
 
 
 DEFAULT_RECALIBRATION_BATCHES = 20  # measured as good as 100 on MNIST (benchmarks/RESULTS.md)

@@ -190,3 +190,33 @@ def test_float32_slots_on_request_in_the_main_workflow(source, digits):
     slots = [v for v in inner.variables if len(v.shape)]
     low = {id(v) for v in model16.trainable_weights if str(v.dtype) == "bfloat16"}
     assert low and all(str(v.dtype) == "float32" for v in slots)
+
+
+def test_a_16bit_body_behind_a_large_float32_head_trains_and_reports_as_16bit():
+    """The float32 output island holds 98% of the parameters; the 16-bit body still needs 16-bit training."""
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(16, name="body"),
+                              keras.layers.Dense(1000, activation="softmax", name="head")])
+    model.compile(keras.optimizers.SGD(0.01), "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 64)).astype("float32"), rng.integers(0, 1000, 64)
+    model16 = fp16cont.build_fp16_model(model, precision="float16", verify=False)
+    assert str(model16.get_layer("body").kernel.dtype) == "float16"
+    result = fp16cont.continue_training(model16, x, y, batch_size=32, verbose=0)
+    assert result.precision == "float16"
+    assert result.compensation == "stochastic" and result.loss_scale is not None
+    assert result.sixteen_bit_share == pytest.approx((64 * 16 + 16) / (64 * 16 + 16 + 16 * 1000 + 1000))  # kernels and biases
+    assert "pure float16" in result.summary() and "of the trainable values; the rest in float32 islands" in result.summary()
+
+
+def test_summary_aligns_validation_columns_under_validation_freq(source, digits):
+    (x, y), (xt, yt) = digits
+    model16 = fp16cont.build_fp16_model(source, precision="bfloat16")
+    result = fp16cont.continue_training(model16, x[:256], y[:256], epochs=3, verbose=0,
+                                        validation_data=(xt[:64], yt[:64]), validation_freq=2)
+    lines = result.summary().splitlines()
+    header = [c.strip() for c in lines[0].split("|")]
+    rows = [[c.strip() for c in line.split("|")] for line in lines[2:5]]
+    column = header.index("val_loss")
+    assert [r[0] for r in rows] == ["1", "2", "3"]
+    assert [r[column] == "-" for r in rows] == [True, False, True]  # validated in epoch 2 only
+    assert float(rows[1][column]) == pytest.approx(result.history.history["val_loss"][0], abs=1e-4)
