@@ -125,7 +125,10 @@ def _explicit_choice(precision: LowPrecision, device: Device) -> PrecisionChoice
     if precision == "float16" and device.kind in ("cpu", "tpu"):
         return PrecisionChoice("float16", f"float16 on {device.name}: {CPU_FLOAT16_REASON}", False)
     fast = _auto_choice(device)
-    return PrecisionChoice(precision, f"{precision}: requested explicitly", fast.fast)
+    if fast.fast:
+        return PrecisionChoice(precision, f"{precision}: requested explicitly", True)
+    why = fast.reason.split(": ", 1)[-1]  # the device's reason, without the format auto would name
+    return PrecisionChoice(precision, f"{precision} (requested explicitly): {why}", False)
 
 
 def _cpu_flags() -> set[str]:

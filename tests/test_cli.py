@@ -53,3 +53,12 @@ def test_python_dash_m_entry_point_help(entry_point_help):
     assert entry_point_help.returncode == 0 and "demo" in stdout
     assert stderr == ""  # no TensorFlow startup log (cudart, cuInit, cpu_feature_guard)
     assert keras.config.floatx() == "float32"
+
+
+@pytest.mark.parametrize("args,named", [(["--batch-size", "-5"], "batch_size"), (["--seed", "-1"], "seed"),
+                                        (["--epochs", "0"], "epochs")])
+def test_demo_refuses_bad_arguments_before_any_training(capsys, args, named):
+    assert main(["demo", *args]) == 2
+    out, err = capsys.readouterr()
+    assert f"InvalidArgumentError: Argument `{named}`" in err and "Traceback" not in err
+    assert "[pre-training]" not in out  # nothing was trained first

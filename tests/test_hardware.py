@@ -37,6 +37,15 @@ def test_explicit_float16_on_cpu_warns_once_with_measured_reason():
     assert "0.93 img/s" in str(perf[0].message)
 
 
+def test_explicit_bfloat16_on_a_cpu_without_bfloat16_instructions_says_why_it_warns():
+    device = Device(kind="cpu", name="no-bf16-cpu", cpu_bf16=False)
+    with pytest.warns(PerformanceWarning, match="no-bf16-cpu has no bfloat16 instructions"):
+        choice = select_precision("bfloat16", device)
+    assert (choice.precision, choice.fast) == ("bfloat16", False)
+    quiet = Device(kind="cpu", name="amx-cpu", cpu_bf16=True)
+    assert select_precision("bfloat16", quiet).reason == "bfloat16: requested explicitly"
+
+
 def test_explicit_bfloat16_on_gpu_is_honoured():
     assert select_precision("bfloat16", AMPERE).precision == "bfloat16"
 

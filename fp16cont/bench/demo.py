@@ -12,10 +12,13 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 
 from fp16cont.bench.datasets import load_digits
-from fp16cont.reporting.compare import compare, seeded
+from fp16cont.errors import check_int
+from fp16cont.reporting.compare import compare, resolve_precisions, seeded
 from fp16cont.reporting.results import ComparisonReport
 
 __all__ = ["load_digits", "digits_model", "run_demo", "demo_notes"]
@@ -75,6 +78,7 @@ def run_demo(
         >>> report.precisions  # doctest: +SKIP
         ('float32', 'bfloat16')
     """
+    _check_demo_args(pretrain_epochs, epochs, precision, batch_size, seed, width)
     (x, y), (xt, yt) = load_digits(seed=seed)
     with seeded(seed):
         source = digits_model(width)
@@ -94,6 +98,16 @@ def run_demo(
         warmup=False,
         verbose=verbose,
     )
+
+
+def _check_demo_args(pretrain_epochs: Any, epochs: Any, precision: Any, batch_size: Any, seed: Any, width: Any) -> None:
+    """Every argument checked before the first epoch, with the typed error of the call that would meet it later."""
+    check_int("pretrain_epochs", pretrain_epochs, example=3)
+    check_int("epochs", epochs, example=8)
+    check_int("batch_size", batch_size, example=128)
+    check_int("seed", seed, example=0, minimum=0)
+    check_int("width", width, example=1024)
+    resolve_precisions(("float32", precision))
 
 
 def demo_notes(report: ComparisonReport, fast_16bit: bool | None = None) -> str:
