@@ -429,10 +429,22 @@ def _check_finite_data(data: Any, what: str) -> None:
     raise DataError(
         f"`{what}` holds NaN or Inf in {where} (rows {shown}): every training step that sees them "
         "gives a non-finite loss. "
-        "Fix: drop or impute those rows, e.g. keep = np.isfinite(x).reshape(len(x), -1).all(axis=1); "
-        "x, y = x[keep], y[keep]; or pass check_finite=False if the NaN/Inf values are intended "
+        f"Fix: drop or impute those rows, e.g. keep = np.isfinite({_array_name(what)}).reshape(len({_array_name(what)}), -1)"
+        f".all(axis=1); {_pair(what)} = {_pair(what, '[keep]')}; or pass check_finite=False if the NaN/Inf values are intended "
         "(e.g. a loss that masks them)."
     )
+
+
+def _array_name(what: str) -> str:
+    """The variable a message's fix names: ``y`` for targets, ``x`` otherwise (``"validation y"`` -> ``y_val``)."""
+    name = "y" if what.split("[")[0].split()[-1] == "y" else "x"
+    return f"{name}_val" if what.startswith("validation") else name
+
+
+def _pair(what: str, index: str = "") -> str:
+    """``x, y`` (or ``x_val, y_val``), each followed by ``index``."""
+    suffix = "_val" if what.startswith("validation") else ""
+    return f"x{suffix}{index}, y{suffix}{index}"
 
 
 def _host_array(data: Any) -> np.ndarray | None:

@@ -220,3 +220,11 @@ def test_summary_aligns_validation_columns_under_validation_freq(source, digits)
     assert [r[0] for r in rows] == ["1", "2", "3"]
     assert [r[column] == "-" for r in rows] == [True, False, True]  # validated in epoch 2 only
     assert float(rows[1][column]) == pytest.approx(result.history.history["val_loss"][0], abs=1e-4)
+
+
+def test_nan_targets_get_a_fix_that_names_the_targets(source, digits):
+    (x, y), _ = digits
+    bad = y[:64].astype("float32")
+    bad[3] = np.nan
+    with pytest.raises(DataError, match=r"`y` holds NaN or Inf in 1 of 64 samples.*np\.isfinite\(y\)"):
+        fp16cont.continue_training(source, x[:64], bad, verbose=0)
