@@ -186,8 +186,8 @@ def _cast_one(path: str, x: np.ndarray, target: LowPrecision, on_overflow: str) 
     if not np.issubdtype(x.dtype, np.floating):
         return x.copy(), VariableAudit(target_dtype=x.dtype.name, passed_through=True, **base)
     rounded, counts = audit_cast(x, target)
-    if counts["overflow"] and on_overflow == "keep_float32":
-        return x.astype(np.float32), VariableAudit(target_dtype="float32", kept_float32=True, **base, **counts)
+    if counts["overflow"] and on_overflow == "keep_float32":  # stored exactly: no rounding to report
+        return x.astype(np.float32), VariableAudit(target_dtype="float32", kept_float32=True, nonfinite=counts["nonfinite"], **base)
     if counts["overflow"] and on_overflow == "saturate":
         limit = facts(target).max
         rounded = np.clip(x.astype(np.float32), -limit, limit).astype(numpy_dtype(target))

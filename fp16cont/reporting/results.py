@@ -115,7 +115,9 @@ class VariableAudit:
         max_abs_error: Largest ``|cast(x) - x|`` over finite results.
         max_rel_error: Largest ``|cast(x) - x| / |x|`` over non-zero ``x``
             with finite results.
-        kept_float32: The variable stays float32 (``on_overflow="keep_float32"``).
+        kept_float32: The variable stays float32 (``on_overflow="keep_float32"``,
+            because some of its values would overflow); it is stored exactly,
+            so its rounding counts and errors are zero.
         passed_through: An integer/bool variable copied untouched.
     """
 

@@ -82,6 +82,9 @@ def test_keep_float32_keeps_values_exactly():
     assert q.arrays[0].dtype == np.float32 and np.array_equal(q.arrays[0], x)
     assert q.arrays[1].dtype == np.float16
     assert q.report.float32_paths == ("w",)
+    kept = q.report.variables[0]  # stored exactly: the report says so, and the cast is OK
+    assert (kept.overflow, kept.flushed_to_zero, kept.max_abs_error, kept.max_rel_error) == (0, 0, 0.0, 0.0)
+    assert q.report.ok
 
 
 def test_integer_and_bool_variables_pass_through_untouched():
