@@ -27,7 +27,7 @@ import numpy as np
 
 from fp16cont import _keras_compat as compat
 from fp16cont.errors import ModelNotBuiltError, RebuildError
-from fp16cont.numerics import numpy_dtype
+from fp16cont.numerics import is_low_float, numpy_dtype
 
 __all__ = [
     "PolicyFn",
@@ -77,12 +77,12 @@ def output_layers(model: keras.Model) -> list[keras.layers.Layer]:
         >>> [l.name for l in output_layers(m)]
         ['head']
     """
+    if is_subclassed(model):
+        return []
     if isinstance(model, keras.Sequential):
         found = model.layers[-1:] if model.layers else []
-    elif _is_functional(model):
-        found = [compat.producing_layer(t) for t in keras.tree.flatten(model.outputs)]
     else:
-        return []
+        found = [compat.producing_layer(t) for t in keras.tree.flatten(model.outputs)]
     result: list[keras.layers.Layer] = []
     for layer in found:
         for leaf in output_layers(layer) if isinstance(layer, keras.Model) else [layer]:
@@ -437,18 +437,18 @@ def policies_lost_on_reload(model: keras.Model) -> list[str]:
         >>> policies_lost_on_reload(m)
         []
     """
-    if isinstance(model, keras.Sequential) or _is_functional(model):
+    if not is_subclassed(model):
         return []
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            probe = keras.saving.deserialize_keras_object(copy.deepcopy(keras.saving.serialize_keras_object(model)))
-    except Exception:  # noqa: BLE001 - any failure of a user get_config/from_config: not savable as a config
+            probe = _deserialize(model, _serialize(model))
+    except RebuildError:  # a get_config/from_config that fails: not savable as a config either
         return []
     mine = [layer for layer in iter_layers(model) if not isinstance(layer, keras.layers.InputLayer)]
     theirs = [layer for layer in iter_layers(probe) if not isinstance(layer, keras.layers.InputLayer)]
     if len(mine) != len(theirs):
-        return [layer.path or layer.name for layer in mine if is_low_policy(effective_policy(layer))]
+        return [layer.path or layer.name for layer in mine if is_low_float(effective_policy(layer).variable_dtype)]
     return [
         a.path or a.name
         for a, b in zip(mine, theirs)
@@ -456,9 +456,14 @@ def policies_lost_on_reload(model: keras.Model) -> list[str]:
     ]
 
 
-def is_low_policy(policy: keras.DTypePolicy) -> bool:
-    """Whether a policy keeps its variables in float16 or bfloat16."""
-    return policy.variable_dtype in ("float16", "bfloat16")
+def is_subclassed(model: keras.layers.Layer) -> bool:
+    """Whether ``model`` is neither Sequential nor Functional: its config does not list its layers.
+
+    Example:
+        >>> is_subclassed(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]))
+        False
+    """
+    return not (isinstance(model, keras.Sequential) or _is_functional(model))
 
 
 def _is_graph_model(layer: keras.layers.Layer) -> bool:

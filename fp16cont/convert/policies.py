@@ -24,8 +24,7 @@ from typing import Literal, Union
 
 import keras
 
-from fp16cont import _keras_compat as compat
-from fp16cont.convert.architecture import child_layers, iter_layers, output_layers
+from fp16cont.convert.architecture import child_layers, is_subclassed, iter_layers, output_layers
 from fp16cont.errors import InvalidArgumentError
 from fp16cont.numerics import LowPrecision
 
@@ -188,7 +187,7 @@ def policy_plan(
 
 def _warn_if_output_unknown(model: keras.Model, precision: str) -> None:
     """A subclassed model does not say which layer makes its output: the ``"output"`` island cannot be placed."""
-    if isinstance(model, keras.Sequential) or compat.is_functional(model) or not model.layers:
+    if not is_subclassed(model) or not model.layers:
         return
     last = model.layers[-1].name
     warnings.warn(
