@@ -198,14 +198,14 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
         variables = list(trainable_variables or compat.optimizer_trainable_variables(self))
         shapes = [v.shape for v in variables] if len(variables) == len(grads) else [None] * len(grads)
         grads = [g if g is None else _dense_float32(g, shape) for g, shape in zip(grads, shapes)]
-        fused = self._fused_apply(trainable_variables)
+        fused = self._fused_apply(variables)
         if fused is not None:
             fused(grads)
         else:
             self.inner_optimizer.apply(grads, trainable_variables)
 
-    def _fused_apply(self, trainable_variables: Sequence[Any] | None) -> Callable[..., Any] | None:
-        """On TensorFlow, the update as one XLA-fused function (``None`` elsewhere).
+    def _fused_apply(self, variables: list[Any]) -> Callable[..., Any] | None:
+        """On TensorFlow, the update of ``variables`` as one XLA-fused function (``None`` elsewhere).
 
         The variables are captured, not passed: they are the same every step.
         """
@@ -215,7 +215,6 @@ class CompensatedOptimizer(keras.optimizers.Optimizer):
 
         if not _tensorflow.single_device():
             return None
-        variables = list(trainable_variables or compat.optimizer_trainable_variables(self))
         if self._fused is None or [id(v) for v in variables] != self._fused_ids:
             self._fused_ids = [id(v) for v in variables]
             self._fused = _tensorflow.xla_function(lambda grads: self.inner_optimizer.apply(grads, variables))
