@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fp16cont.errors import DataError, InvalidArgumentError
+from fp16cont.errors import DataError, InvalidArgumentError, check_int, is_int
 
 __all__ = [
     "is_array_like",
@@ -150,26 +150,16 @@ def check_fit_kwargs(model: Any, x: Any, fit_kwargs: Mapping[str, Any]) -> None:
                 f"model.fit, which are {sorted(known)}. Fix: check the spelling, or leave the argument out."
             )
     # Keras reads steps_per_epoch=0 and validation_steps=0 as "not set" (a whole pass)
-    for name, low in (("steps_per_epoch", 0), ("validation_steps", 0), ("validation_batch_size", 1), ("initial_epoch", 0)):
-        value = fit_kwargs.get(name)
-        if value is not None and not _int_at_least(value, low):
-            kind = "a positive integer or None" if name != "initial_epoch" else "a non-negative integer"
-            raise InvalidArgumentError(
-                f"Argument `{name}` should be {kind}. Received: {name}={value!r}. "
-                f"Fix: pass e.g. {name}={0 if name == 'initial_epoch' else 10}."
-            )
-    if "validation_freq" in fit_kwargs and not _int_at_least(fit_kwargs["validation_freq"], 1):
-        raise InvalidArgumentError(
-            f"Argument `validation_freq` should be a positive integer. Received: "
-            f"validation_freq={fit_kwargs['validation_freq']!r}. Fix: pass e.g. validation_freq=2 (every second epoch)."
-        )
+    for name, low, example in (("steps_per_epoch", 0, 10), ("validation_steps", 0, 10), ("validation_batch_size", 1, 32)):
+        if fit_kwargs.get(name) is not None:
+            check_int(name, fit_kwargs[name], example=example, minimum=low, hint=" or None")
+    if fit_kwargs.get("initial_epoch") is not None:
+        check_int("initial_epoch", fit_kwargs["initial_epoch"], example=0, minimum=0)
+    if "validation_freq" in fit_kwargs:
+        check_int("validation_freq", fit_kwargs["validation_freq"], example=2, hint=" (every second epoch)")
     _check_validation_split(x, fit_kwargs.get("validation_split"))
     _check_sample_weight(x, fit_kwargs.get("sample_weight"))
     _check_class_weight(fit_kwargs.get("class_weight"))
-
-
-def _int_at_least(value: Any, low: int) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= low
 
 
 def _check_validation_split(x: Any, split: Any) -> None:
@@ -185,12 +175,35 @@ def _check_validation_split(x: Any, split: Any) -> None:
             f"validation_split={split} needs array data; it cannot split a {type(x).__name__}. "
             "Fix: pass validation_data=(x_val, y_val) or a validation dataset instead."
         )
-    n = len(_first_array(x))
-    cut = int(math.floor(n * (1.0 - float(split))))
+    split_rows(len(_first_array(x)), split)
+
+
+def training_rows(n: int, validation_split: Any) -> int:
+    """The rows Keras trains on under ``validation_split`` (it holds out the last share); ``n`` without one.
+
+    Example:
+        >>> training_rows(100, 0.2), training_rows(100, None)
+        (80, 100)
+    """
+    return int(math.floor(n * (1.0 - float(validation_split)))) if validation_split else n
+
+
+def split_rows(n: int, validation_split: float) -> int:
+    """:func:`training_rows`, refusing a split that leaves either side empty.
+
+    Raises:
+        DataError: If no row would train or none would validate.
+
+    Example:
+        >>> split_rows(10, 0.25)  # floor(10 * 0.75), as Keras splits
+        7
+    """
+    cut = training_rows(n, validation_split)
     if cut in (0, n):
         raise DataError(
-            f"validation_split={split} of {n} samples leaves one side empty. Fix: pass more data or another split."
+            f"validation_split={validation_split} of {n} samples leaves one side empty. Fix: pass more data or another split."
         )
+    return cut
 
 
 def _check_sample_weight(x: Any, sample_weight: Any) -> None:
@@ -221,7 +234,7 @@ def _check_class_weight(class_weight: Any) -> None:
     if class_weight is None:
         return
     ok = isinstance(class_weight, Mapping) and all(
-        _int_at_least(k, 0) and isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+        is_int(k) and k >= 0 and isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
         for k, v in class_weight.items()
     )
     if not ok:
@@ -595,9 +608,7 @@ def samples_per_epoch(x: Any, batch_size: int, fit_kwargs: dict[str, Any]) -> in
     """
     if not is_array_like(x):
         return None
-    n = len(_first_array(x))
-    split = float(fit_kwargs.get("validation_split") or 0.0)
-    n = int(math.floor(n * (1.0 - split))) if split else n
+    n = training_rows(len(_first_array(x)), fit_kwargs.get("validation_split"))
     steps = fit_kwargs.get("steps_per_epoch")
     return min(n, int(steps) * batch_size) if steps else n
 

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import math
 import os
 import queue
 import threading
@@ -58,7 +57,7 @@ from fp16cont import _keras_compat as compat
 from fp16cont.reporting.results import EngineChoice
 from fp16cont.training.batchnorm import batchnorm_layers
 from fp16cont.training.replica import BATCH_STATISTICS, replica_blocker, replica_train_step
-from fp16cont.training.data import is_array_like, is_tf_dataset
+from fp16cont.training.data import is_array_like, is_tf_dataset, split_rows
 from fp16cont.errors import DataError, InvalidArgumentError, UnsupportedBackendError
 
 __all__ = ["ENGINE_MODES", "Engine", "EngineChoice", "as_engine", "choose_engine", "fit_with_engine", "upload", "Resident"]
@@ -686,12 +685,7 @@ def _split(x: Any, y: Any, sample_weight: Any, split: float) -> tuple[tuple[Any,
             f"validation_split={split!r} needs array inputs and a value in (0, 1). Fix: pass "
             "validation_data=(x_val, y_val) instead."
         )
-    n = _rows(x)
-    cut = int(math.floor(n * (1.0 - float(split))))
-    if cut in (0, n):
-        raise DataError(
-            f"validation_split={split} of {n} samples leaves one side empty. Fix: pass more data or another split."
-        )
+    cut = split_rows(_rows(x), split)
     head = lambda d: None if d is None else _tree_map(lambda a: a[:cut], d)  # noqa: E731
     tail = lambda d: None if d is None else _tree_map(lambda a: a[cut:], d)  # noqa: E731
     validation = (tail(x), tail(y)) if sample_weight is None else (tail(x), tail(y), tail(sample_weight))

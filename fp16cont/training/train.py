@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import os
 import time
 import warnings
@@ -33,6 +32,7 @@ from fp16cont.numerics import is_low_float
 from fp16cont.reporting.stagnation import StagnationMonitor
 from fp16cont.training.data import (
     batch_rows, check_fit_args, check_fit_kwargs, check_fits_model, is_array_like, is_tf_dataset, sample_count, samples_per_epoch,
+    training_rows,
 )
 from fp16cont.training.engine import Engine, Resident, as_engine, choose_engine, fit_with_engine, tuned_convolutions
 from fp16cont.training.tf_engine import fit_compiled, progress_callbacks
@@ -325,9 +325,7 @@ def _recalibrate(model: keras.Model, x: Any, batch_size: int, steps: int, seed: 
     if not batchnorm_layers(model):
         return None
     if is_array_like(x):
-        rows = sample_count(x)
-        if validation_split:
-            rows = int(math.floor(rows * (1.0 - float(validation_split))))
+        rows = training_rows(sample_count(x), validation_split)
         take = min(rows, steps * batch_size)
         index = np.sort(np.random.default_rng([seed, 0xB4]).choice(rows, take, replace=False))
         subset = keras.tree.map_structure(lambda a: np.asarray(a)[index], x)
